@@ -1,11 +1,16 @@
 """Shared input handling for all annotators: errors, image normalisation, resolution round trip."""
+from .batch import gray_to_rgb, map_frames, rgb_to_gray
 from .errors import AnnotatorInputError, MissingWeightsError
-from .image import FitToResolution, fit_to_resolution, scaled_size, to_batch_uint8, to_uint8_rgb
+from .image import FitToResolution, as_numpy, fit_to_resolution, scaled_size, to_batch_uint8, to_uint8_rgb
 
 __all__ = [
     "AnnotatorInputError",
+    "gray_to_rgb",
+    "map_frames",
+    "rgb_to_gray",
     "MissingWeightsError",
     "FitToResolution",
+    "as_numpy",
     "fit_to_resolution",
     "scaled_size",
     "to_batch_uint8",

@@ -24,15 +24,16 @@ from .errors import AnnotatorInputError
 _FLOAT_RANGE_TOLERANCE = 0.01
 
 _INTERPOLATIONS = {
-    "nearest": cv2.INTER_NEAREST,
+    # INTER_NEAREST_EXACT samples pixel centres; plain INTER_NEAREST is shifted by half a pixel.
+    "nearest": cv2.INTER_NEAREST_EXACT,
     "linear": cv2.INTER_LINEAR,
     "cubic": cv2.INTER_CUBIC,
     "area": cv2.INTER_AREA,
 }
 
 
-def _as_numpy(image: Any, what: str) -> np.ndarray:
-    """Accept numpy arrays, torch tensors and PIL images without importing torch or PIL eagerly."""
+def as_numpy(image: Any, what: str = "image") -> np.ndarray:
+    """Any array-like as numpy, no conversion of values. Accepts numpy arrays, torch tensors and PIL images without importing torch or PIL eagerly."""
     if image is None:
         raise AnnotatorInputError(f"{what}: expected an image array, found None")
     if isinstance(image, np.ndarray):
@@ -109,7 +110,7 @@ def to_uint8_rgb(image: Any, *, what: str = "image") -> np.ndarray:
     RGB and RGBA (composited over white). Raises :class:`AnnotatorInputError` for an empty or
     0×0 image, NaN/inf values, 16-bit data and channel counts other than 1, 3 or 4.
     """
-    array = _as_numpy(image, what)
+    array = as_numpy(image, what)
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]  # a ComfyUI batch of one
     if array.ndim == 2:
@@ -140,7 +141,7 @@ def to_batch_uint8(images: Any, *, what: str = "images") -> np.ndarray:
         if len(sizes) > 1:
             raise AnnotatorInputError(f"{what}: expected images of one size, found sizes {sorted(sizes)}")
         return np.stack(frames)
-    array = _as_numpy(images, what)
+    array = as_numpy(images, what)
     if array.ndim in (2, 3):
         return to_uint8_rgb(array, what=what)[None]
     if array.ndim != 4:
@@ -235,7 +236,8 @@ def fit_to_resolution(
 ) -> tuple[np.ndarray, FitToResolution]:
     """Resize so the short side is ``resolution``, then pad bottom/right to a multiple of ``multiple``.
 
-    ``image`` is ``H×W``, ``H×W×C`` or a ``B×H×W×C`` batch (all frames share one fit). ``resolution``
+    ``image`` is ``H×W``, ``H×W×C`` or a ``B×H×W×C`` batch (all frames share one fit); a 3-D array
+    is always one ``H×W×C`` image, so pass a batch of gray maps as ``B×H×W×1``. ``resolution``
     None or 0 keeps the native size (only the padding is added). ``pad_mode`` is ``"edge"``
     (replicate the border, which adds no edges of its own) or ``"zero"``. Returns the detector
     input and a :class:`FitToResolution` whose ``restore`` maps outputs back, exactly aligned.

@@ -1,0 +1,90 @@
+"""Surface normals from a depth map (near = bright), drawn as an RGB normal map.
+
+Colour convention (the one of ControlNet's depth-derived normal maps): red grows as the surface
+turns to face the **left**, green as it faces **up**, blue as it faces the viewer; a surface facing
+the camera is ``(128, 128, 255)``. ``invert_x`` / ``invert_y`` flip red / green for models trained
+with the other handedness.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .common import AnnotatorInputError, as_numpy, map_frames
+
+
+def depth_to_batch(depth: Any) -> np.ndarray:
+    """A depth map (or batch) as ``B×H×W`` float32 in [0, 1].
+
+    Accepts ``H×W``, ``H×W×C``, ``B×H×W`` (C not in 1/3/4) and ``B×H×W×C``; uint8, uint16 (16-bit
+    depth PNGs are common) or floats in [0, 1]. Colour channels are averaged.
+    """
+    array = as_numpy(depth, "depth")
+    if array.ndim == 2:
+        array = array[None, ..., None]
+    elif array.ndim == 3:
+        array = array[None] if array.shape[-1] in (1, 3, 4) else array[..., None]
+    if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
+        raise AnnotatorInputError(f"depth: expected H×W, B×H×W or B×H×W×C, found shape {tuple(array.shape)}")
+    if 0 in array.shape[:3]:
+        raise AnnotatorInputError(f"depth: expected a non-empty map, found shape {tuple(array.shape)}")
+    if array.dtype == np.uint8:
+        values = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        values = array.astype(np.float32) / 65535.0
+    elif array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise AnnotatorInputError("depth: expected finite values, found NaN/inf")
+        values = array.astype(np.float32)
+        if values.min() < -0.01 or values.max() > 1.01:
+            raise AnnotatorInputError(
+                f"depth: expected floats in [0, 1], found range [{values.min():.4g}, {values.max():.4g}]"
+            )
+    else:
+        raise AnnotatorInputError(f"depth: expected uint8, uint16 or float values, found dtype {array.dtype}")
+    channels = min(array.shape[-1], 3)  # ignore alpha
+    return np.ascontiguousarray(values[..., :channels].mean(axis=-1))
+
+
+def normal_from_depth(
+    depth: Any,
+    *,
+    strength: float = 1.0,
+    blur_sigma: float = 1.0,
+    background_threshold: float = 0.0,
+    invert_x: bool = False,
+    invert_y: bool = False,
+) -> np.ndarray:
+    """Normal map ``B×H×W×3`` uint8 at the depth map's size.
+
+    The depth map is read as a height field ``z = strength · depth · short_side`` (so a full-range
+    ramp across a square image tilts 45° at ``strength`` 1, whatever the resolution). ``blur_sigma``
+    smooths 8-bit staircase steps first; pixels with depth below ``background_threshold`` are drawn
+    as facing the camera.
+    """
+    maps = depth_to_batch(depth)
+    height, width = maps.shape[1:]
+    scale = float(strength) * min(height, width)
+
+    def one_frame(frame: np.ndarray) -> np.ndarray:
+        if blur_sigma > 0:
+            frame = cv2.GaussianBlur(frame, (0, 0), float(blur_sigma))
+        # Sobel/8 is the central-difference slope averaged over 3 rows: per-pixel derivative.
+        slope_x = cv2.Sobel(frame, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE) / 8.0 * scale
+        slope_y = cv2.Sobel(frame, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REPLICATE) / 8.0 * scale
+        return np.stack([slope_x, slope_y], axis=-1)
+
+    slopes = map_frames(one_frame, maps)
+    if background_threshold > 0:
+        slopes[maps < background_threshold] = 0.0
+    # z = f(x, y) rising towards the viewer: the normal is (−∂f/∂x, −∂f/∂y, 1) in x-right/y-down axes,
+    # so +slope_x means facing left (red) and +slope_y facing up (green).
+    normal = np.concatenate([slopes, np.ones_like(slopes[..., :1])], axis=-1)
+    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+    if invert_x:
+        normal[..., 0] *= -1
+    if invert_y:
+        normal[..., 1] *= -1
+    return np.clip(np.rint(normal * 127.5 + 127.5), 0, 255).astype(np.uint8)
