@@ -1,0 +1,3 @@
+from .controlnet import ControlNetModel, Residuals
+
+__all__ = ["ControlNetModel", "Residuals"]

@@ -1,0 +1,158 @@
+"""ControlNetModel: the ldm-style ControlNet (SD1.x, SD2.x, SDXL) with original parameter names.
+
+A trainable copy of the UNet encoder reads the latent plus an embedded hint image; after each
+encoder block a zero-initialised 1×1 conv ("zero conv") turns its features into the residual for
+the matching UNet skip connection, and `middle_block_out` does the same for the middle block.
+
+Shapes for a latent x of B×4×h×w:
+  hint            B×hint_channels×8h×8w, values in [0, 1]
+  hint embedding  B×model_channels×h×w (input_hint_block output; depends only on the hint)
+  down residuals  config.num_down_residuals tensors, residual i is B×C_i×(h/f_i)×(w/f_i)
+  mid residual    B×C_mid×(h/f)×(w/f)
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ..config import ControlNetConfig
+from ..errors import InputError
+from .blocks import Downsample, ResBlock, SpatialTransformer, TimestepEmbedSequential, timestep_embedding
+
+# input_hint_block: (in, out, stride) of its eight 3×3 convs; SiLU sits between them, so the convs
+# are at even indices 0, 2, …, 14 and the last one (index 14) starts at zero.
+HINT_BLOCK_CONVS = ((None, 16, 1), (16, 16, 1), (16, 32, 2), (32, 32, 1), (32, 96, 2), (96, 96, 1),
+                    (96, 256, 2), (256, None, 1))
+HINT_DOWNSCALE = 8
+
+
+class Residuals(NamedTuple):
+    down: list[torch.Tensor]
+    mid: torch.Tensor
+
+
+class ControlNetModel(nn.Module):
+    def __init__(self, config: ControlNetConfig, device=None, dtype=None) -> None:
+        super().__init__()
+        self.config = config
+        kw = {"device": device, "dtype": dtype}
+        ch = config.model_channels
+        time_dim = ch * 4
+        groups = config.norm_groups
+
+        self.time_embed = nn.Sequential(nn.Linear(ch, time_dim, **kw), nn.SiLU(), nn.Linear(time_dim, time_dim, **kw))
+        if config.adm_in_channels is not None:
+            # SDXL: pooled text embedding + size/crop conditioning, added to the time embedding.
+            self.label_emb = nn.Sequential(nn.Sequential(
+                nn.Linear(config.adm_in_channels, time_dim, **kw), nn.SiLU(), nn.Linear(time_dim, time_dim, **kw)))
+
+        hint_layers: list[nn.Module] = []
+        for conv_in, conv_out, stride in HINT_BLOCK_CONVS:
+            if hint_layers:
+                hint_layers.append(nn.SiLU())
+            hint_layers.append(nn.Conv2d(conv_in or config.hint_channels, conv_out or ch, 3, stride=stride,
+                                         padding=1, **kw))
+        self.input_hint_block = nn.Sequential(*hint_layers)
+
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(config.in_channels, ch, 3, padding=1, **kw))])
+        self.zero_convs = nn.ModuleList([self._zero_conv(ch, **kw)])
+        depths = list(config.transformer_depth)
+        for level, mult in enumerate(config.channel_mult):
+            for _ in range(config.num_res_blocks[level]):
+                out_ch = mult * config.model_channels
+                layers: list[nn.Module] = [ResBlock(ch, time_dim, out_ch, groups=groups, **kw)]
+                ch = out_ch
+                depth = depths.pop(0)
+                if depth > 0:
+                    heads, dim_head = config.heads_for(ch)
+                    layers.append(SpatialTransformer(ch, heads, dim_head, depth, config.context_dim,
+                                                     config.use_linear_projection, groups=groups, **kw))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                self.zero_convs.append(self._zero_conv(ch, **kw))
+            if level != len(config.channel_mult) - 1:
+                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch, **kw)))
+                self.zero_convs.append(self._zero_conv(ch, **kw))
+
+        middle: list[nn.Module] = [ResBlock(ch, time_dim, groups=groups, **kw)]
+        if config.transformer_depth_middle >= 0:
+            heads, dim_head = config.heads_for(ch)
+            middle += [SpatialTransformer(ch, heads, dim_head, config.transformer_depth_middle, config.context_dim,
+                                          config.use_linear_projection, groups=groups, **kw),
+                       ResBlock(ch, time_dim, groups=groups, **kw)]
+        self.middle_block = TimestepEmbedSequential(*middle)
+        self.middle_block_out = self._zero_conv(ch, **kw)
+
+    @staticmethod
+    def _zero_conv(channels: int, device=None, dtype=None) -> nn.Sequential:
+        # Wrapped in a Sequential so the parameter is `zero_convs.N.0.weight`, as in the original files.
+        return nn.Sequential(nn.Conv2d(channels, channels, 1, device=device, dtype=dtype))
+
+    @property
+    def family(self) -> str:
+        return self.config.family
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.time_embed[0].weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.time_embed[0].weight.device
+
+    def embed_hint(self, hint: torch.Tensor) -> torch.Tensor:
+        """input_hint_block(hint): B×hint_channels×H×W → B×model_channels×H/8×W/8."""
+        if hint.ndim != 4 or hint.shape[1] != self.config.hint_channels:
+            raise InputError(f"ControlNet hint: expected B×{self.config.hint_channels}×H×W, found {tuple(hint.shape)}")
+        if hint.shape[2] % HINT_DOWNSCALE or hint.shape[3] % HINT_DOWNSCALE:
+            raise InputError(f"ControlNet hint: height and width must be multiples of {HINT_DOWNSCALE} "
+                             f"(8× the latent), found {tuple(hint.shape[2:])}")
+        return self.input_hint_block(hint.to(self.dtype))
+
+    def check_inputs(self, x: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None) -> None:
+        """Refuse inputs from another base model with a message naming both sides."""
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise InputError(f"ControlNet ({cfg.family}) latent: expected B×{cfg.in_channels}×h×w, found {tuple(x.shape)}")
+        factor = 2 ** (len(cfg.channel_mult) - 1)
+        if x.shape[2] % factor or x.shape[3] % factor:
+            raise InputError(f"ControlNet ({cfg.family}) latent: height and width must be multiples of {factor}, "
+                             f"found {tuple(x.shape[2:])}")
+        if context.ndim != 3 or context.shape[-1] != cfg.context_dim:
+            raise InputError(
+                f"ControlNet ({cfg.family}, context dim {cfg.context_dim}) got a text context of shape "
+                f"{tuple(context.shape)}: the ControlNet and the base model are from different families")
+        if cfg.adm_in_channels is not None:
+            if y is None:
+                raise InputError(f"ControlNet ({cfg.family}) needs the pooled/size conditioning `y` "
+                                 f"(B×{cfg.adm_in_channels}); the base model gave none (is it an SD1.x/SD2.x model?)")
+            if y.shape[-1] != cfg.adm_in_channels:
+                raise InputError(f"ControlNet ({cfg.family}) `y`: expected B×{cfg.adm_in_channels}, found {tuple(y.shape)}")
+
+    def forward(self, x: torch.Tensor, hint: torch.Tensor | None, timesteps: torch.Tensor, context: torch.Tensor,
+                y: torch.Tensor | None = None, *, hint_embedding: torch.Tensor | None = None) -> Residuals:
+        self.check_inputs(x, context, y)
+        if hint_embedding is None:
+            if hint is None:
+                raise InputError("ControlNet forward: give either `hint` or `hint_embedding`")
+            hint_embedding = self.embed_hint(hint)
+        if hint_embedding.shape[-2:] != x.shape[-2:]:
+            raise InputError(f"ControlNet hint embedding is {tuple(hint_embedding.shape[-2:])} but the latent is "
+                             f"{tuple(x.shape[-2:])}: the hint must be 8× the latent size")
+
+        dtype = self.dtype
+        x, context = x.to(dtype), context.to(dtype)
+        emb = self.time_embed(timestep_embedding(timesteps.reshape(-1), self.config.model_channels).to(dtype))
+        if self.config.adm_in_channels is not None:
+            emb = emb + self.label_emb(y.to(dtype))
+
+        down: list[torch.Tensor] = []
+        h = x
+        for index, (block, zero_conv) in enumerate(zip(self.input_blocks, self.zero_convs)):
+            h = block(h, emb, context)
+            if index == 0:
+                h = h + hint_embedding.to(dtype)
+            down.append(zero_conv(h))
+        h = self.middle_block(h, emb, context)
+        return Residuals(down, self.middle_block_out(h))

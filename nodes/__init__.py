@@ -1,0 +1,10 @@
+"""ComfyUI node classes: the only part of the pack that imports the host."""
+from __future__ import annotations
+
+from .controlnet_nodes import NODE_CLASS_MAPPINGS as _CONTROLNET_CLASSES
+from .controlnet_nodes import NODE_DISPLAY_NAME_MAPPINGS as _CONTROLNET_NAMES
+from .preprocessor_nodes import NODE_CLASS_MAPPINGS as _PREPROCESSOR_CLASSES
+from .preprocessor_nodes import NODE_DISPLAY_NAME_MAPPINGS as _PREPROCESSOR_NAMES
+
+NODE_CLASS_MAPPINGS = {**_CONTROLNET_CLASSES, **_PREPROCESSOR_CLASSES}
+NODE_DISPLAY_NAME_MAPPINGS = {**_CONTROLNET_NAMES, **_PREPROCESSOR_NAMES}
