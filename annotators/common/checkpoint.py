@@ -1,0 +1,160 @@
+"""Reading a neural annotator's weight file and checking it against the architecture it is meant for.
+
+Only safe formats are read: ``.safetensors``, or a PyTorch pickle through ``torch.load`` with
+``weights_only=True`` (no code in the file is ever executed). Mismatches are reported with the
+file, the expected architecture, missing / unexpected keys and shape differences, and, when the
+keys belong to another known annotator, which one it looks like.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import torch
+from torch import nn
+
+from .errors import AnnotatorInputError, MissingWeightsError
+
+# A key that only one published annotator file has → a readable name for that file.
+KNOWN_SIGNATURES = {
+    "Mconv7_stage6_L1.weight": "the OpenPose body model (body_pose_model.pth)",
+    "Mconv7_stage6.weight": "the OpenPose hand model (hand_pose_model.pth)",
+    "block5.projection.weight": "the ControlNet HED model (ControlNetHED.pth)",
+    "depth_head.scratch.output_conv2.0.weight": "a Depth Anything (V1/V2) model",
+    "input_blocks.0.0.weight": "a ControlNet / UNet checkpoint",
+    "controlnet_cond_embedding.conv_in.weight": "a diffusers ControlNet",
+}
+
+_SHOWN_KEYS = 5
+_WRAPPER_KEYS = ("state_dict", "model", "module", "net")
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+class CheckpointMismatchError(AnnotatorInputError):
+    """A weight file that is unreadable or does not hold the expected architecture's parameters."""
+
+
+def resolve_weight_file(models_dir: str | Path, file_name: str, *, annotator: str, source: str | None = None) -> Path:
+    """``models_dir / file_name`` if it exists, else :class:`MissingWeightsError` naming both."""
+    path = Path(models_dir) / file_name
+    if not path.is_file():
+        raise MissingWeightsError(file_name, models_dir, annotator=annotator, source=source)
+    return path
+
+
+def read_state_dict(path: str | Path, *, annotator: str) -> dict[str, torch.Tensor]:
+    """Load a flat ``name → tensor`` dict from ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin``.
+
+    Unwraps the usual ``{"state_dict": ...}`` / ``{"model": ...}`` containers and a DataParallel
+    ``module.`` prefix. Raises :class:`MissingWeightsError` if the file does not exist and
+    :class:`CheckpointMismatchError` if it cannot be read (truncated, not a checkpoint, ...).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(path.name, path.parent, annotator=annotator)
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle with code, random bytes ...
+        raise CheckpointMismatchError(
+            f"{annotator}: cannot read weight file '{path}': expected a PyTorch state dict (.pth) or a "
+            f".safetensors file, reading failed with {type(exc).__name__}: {str(exc).splitlines()[0][:200]} "
+            "(the file may be truncated or not a weight file)"
+        ) from exc
+
+    for _ in range(2):  # nested containers, e.g. {"model": {"state_dict": ...}}
+        if isinstance(state, Mapping):
+            wrapper = next((key for key in _WRAPPER_KEYS if isinstance(state.get(key), Mapping)), None)
+            if wrapper is not None and not any(isinstance(value, torch.Tensor) for value in state.values()):
+                state = state[wrapper]
+    if not isinstance(state, Mapping):
+        raise CheckpointMismatchError(
+            f"{annotator}: weight file '{path}': expected a dict of tensors, found {type(state).__name__}"
+        )
+    tensors = {str(key): value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    if not tensors:
+        raise CheckpointMismatchError(
+            f"{annotator}: weight file '{path}': expected a dict of tensors, found no tensors "
+            f"(keys: {_preview(list(state))})"
+        )
+    if all(key.startswith("module.") for key in tensors):
+        tensors = {key[len("module.") :]: value for key, value in tensors.items()}
+    return tensors
+
+
+def identify(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Name of the known published model whose signature key ``state`` has, if any."""
+    for key, description in KNOWN_SIGNATURES.items():
+        if key in state or any(name.endswith("." + key) for name in state):
+            return description
+    return None
+
+
+def _preview(keys: list[str]) -> str:
+    shown = ", ".join(repr(key) for key in keys[:_SHOWN_KEYS])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > _SHOWN_KEYS else "")
+
+
+def check_state_dict(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    *,
+    path: str | Path,
+    annotator: str,
+    architecture: str,
+) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``state`` has exactly the ``expected`` keys and shapes."""
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    wrong_shapes = [
+        (key, tuple(expected[key]), tuple(state[key].shape))
+        for key in expected
+        if key in state and tuple(state[key].shape) != tuple(expected[key])
+    ]
+    if not (missing or unexpected or wrong_shapes):
+        return
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} of {len(expected)} expected keys are missing ({_preview(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} keys are not part of it ({_preview(unexpected)})")
+    if wrong_shapes:
+        shown = "; ".join(
+            f"{key!r} expected {list(want)} found {list(found)}" for key, want, found in wrong_shapes[:_SHOWN_KEYS]
+        )
+        more = f" ... ({len(wrong_shapes)} in all)" if len(wrong_shapes) > _SHOWN_KEYS else ""
+        problems.append(f"shapes differ: {shown}{more}")
+    message = f"{annotator}: weight file '{path}' does not hold {architecture}: " + "; ".join(problems) + "."
+    looks_like = identify(state)
+    if looks_like and looks_like not in architecture:
+        message += f" The file looks like {looks_like}."
+    raise CheckpointMismatchError(message)
+
+
+def expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Key → shape table of a module's state dict (works on the meta device)."""
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def build_and_load(
+    factory: Callable[[], ModuleT],
+    state: Mapping[str, torch.Tensor],
+    *,
+    dtype: torch.dtype | None = torch.float32,
+) -> ModuleT:
+    """Build a module on the meta device and adopt ``state``'s tensors (no random init, no copy).
+
+    ``state`` must already be checked with :func:`check_state_dict`.
+    """
+    with torch.device("meta"):
+        model = factory()
+    model.load_state_dict(dict(state), strict=True, assign=True)
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    return model.eval()
