@@ -1,0 +1,54 @@
+"""`python -m controlnet_core inspect FILE…`: what a ControlNet file is, without loading its weights."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import ControlNetError
+from .loader import describe
+
+
+def _format(info: dict) -> str:
+    down = info["residual_shapes"]["down"]
+    lines = [
+        f"file:          {info['source']}",
+        f"family:        {info['family']}",
+        f"layout:        {info['layout']}",
+        f"hint channels: {info['hint_channels']}",
+        f"residuals:     {info['residual_count']['down']} down + {info['residual_count']['mid']} mid "
+        f"(shapes C×h×w for a {info['residual_shapes']['latent'][0]}² latent)",
+        "  down:        " + ", ".join("×".join(map(str, s)) for s in down),
+        "  mid:         " + "×".join(map(str, info["residual_shapes"]["mid"])),
+        f"parameters:    {info['parameters']:,}",
+        f"dtype:         {info['dtype']}",
+    ]
+    if info.get("file_bytes"):
+        lines.append(f"file size:     {info['file_bytes'] / 2**20:.1f} MiB")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m controlnet_core", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    inspect = commands.add_parser("inspect", help="print family, layout, hint channels, residuals, parameters, dtype")
+    inspect.add_argument("files", nargs="+")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+
+    status = 0
+    for path in args.files:
+        try:
+            info = describe(path)
+        except (ControlNetError, FileNotFoundError) as exc:
+            print(f"{path}: error: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(json.dumps(info, default=str) if args.json else _format(info))
+        if len(args.files) > 1 and not args.json:
+            print()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
