@@ -1,0 +1,87 @@
+"""Depth Anything V2 over image batches, aligned pixel for pixel with the input.
+
+Resolution: the ViT needs sides that are multiples of its 14-pixel patch, so where the other
+annotators pad to a multiple of 64, this one pads (bottom/right, replicated edge) to a multiple of
+14. ``resolution`` is the short side the image is scaled to (518 = 37 patches, the training size;
+other values are fine, the positional embeddings are resampled). The padded rows/columns are
+cropped after the forward pass and the map is resized back to the input's H×W with the same
+mapping every annotator uses, so alignment does not depend on the padding multiple.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..common import fit_to_resolution, to_batch_uint8
+from ..common.checkpoint import resolve_weight_file
+from .checkpoint import ANNOTATOR, WEIGHT_FILE, WEIGHT_SOURCE, load_depth_anything_v2
+from .model import DepthAnythingV2Config, DepthAnythingV2Model, normalise_rgb
+
+DEFAULT_BATCH_SIZE = 8
+
+
+def normalise_per_image(depth: np.ndarray) -> np.ndarray:
+    """Min-max each B×H×W map to [0, 1] (a constant map becomes 0), as comfyui_controlnet_aux does."""
+    flat = depth.reshape(len(depth), -1)
+    low = flat.min(axis=1).reshape(-1, 1, 1)
+    span = (flat.max(axis=1).reshape(-1, 1, 1) - low).astype(np.float32)
+    safe_span = np.where(span > 0, span, 1.0)
+    return np.where(span > 0, (depth - low) / safe_span, 0.0).astype(np.float32)
+
+
+class DepthAnythingV2:
+    """``DepthAnythingV2.from_folder(models_dir)(images)`` → B×H×W float32 in [0, 1], near = bright."""
+
+    weight_file = WEIGHT_FILE
+
+    def __init__(self, model: DepthAnythingV2Model) -> None:
+        self.model = model.eval()
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "DepthAnythingV2":
+        return cls(load_depth_anything_v2(path))
+
+    @classmethod
+    def from_folder(cls, models_dir: str | Path, file_name: str = WEIGHT_FILE) -> "DepthAnythingV2":
+        return cls.from_file(resolve_weight_file(models_dir, file_name, annotator=ANNOTATOR, source=WEIGHT_SOURCE))
+
+    @classmethod
+    def random(cls, encoder: str = "vits", seed: int = 0, config: DepthAnythingV2Config | None = None) -> "DepthAnythingV2":
+        """Random-weight detector of the published shape (benchmarks and tests; meaningless output)."""
+        generator_state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(seed)
+            model = DepthAnythingV2Model(config or DepthAnythingV2Config.preset(encoder))
+            with torch.no_grad():  # give LayerScale/positional params non-trivial values
+                for parameter in model.parameters():
+                    parameter.normal_(0.0, 0.02)
+        finally:
+            torch.random.set_rng_state(generator_state)
+        return cls(model)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "DepthAnythingV2":
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.pretrained.cls_token.device
+
+    @torch.inference_mode()
+    def __call__(self, images: Any, *, resolution: int = 518, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """Relative depth per image; ``images`` is B×H×W×C (uint8 or float [0, 1]; RGB, RGBA or gray)."""
+        batch = to_batch_uint8(images)
+        patch = self.model.config.patch_size
+        padded, fit = fit_to_resolution(batch, resolution, multiple=patch)
+        dtype = self.model.pretrained.cls_token.dtype
+        outputs = []
+        for start in range(0, len(padded), max(1, batch_size)):
+            chunk = torch.from_numpy(padded[start : start + batch_size]).to(self.device)
+            disparity = self.model(normalise_rgb(chunk).to(dtype))
+            outputs.append(disparity.float().cpu().numpy())
+        # restore() reads a 4-D array as a batch: give the maps a channel axis.
+        depth = fit.restore(np.concatenate(outputs)[..., None], interpolation="linear")[..., 0]
+        return normalise_per_image(depth)
