@@ -54,9 +54,10 @@ def _add_param_option(parser: argparse.ArgumentParser, spec: ParamSpec) -> None:
     )
 
 
-def build_parser(spec: AnnotatorSpec | None = None) -> argparse.ArgumentParser:
+def build_parser(spec: AnnotatorSpec | None = None, *, add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m annotators",
+        add_help=add_help,
         description="Make a ControlNet control map from an image. Offline: no downloads ever.",
         epilog="Run `python -m annotators --list` for the annotators, `python -m annotators TYPE --help` for their parameters.",
     )
@@ -153,7 +154,8 @@ def _write_png(path: Path, maps: np.ndarray) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    first = build_parser().parse_known_args(argv)[0]
+    # First pass only finds TYPE (no --help yet), so `TYPE --help` can list TYPE's parameters.
+    first = build_parser(add_help=False).parse_known_args(argv)[0]
     if first.list:
         print(list_annotators())
         return 0
