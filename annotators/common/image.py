@@ -187,15 +187,17 @@ class FitToResolution:
             self.scaled_size[1] / self.original_size[1],
         )
 
-    def restore(self, output: np.ndarray, interpolation: str = "linear") -> np.ndarray:
+    def restore(self, output: np.ndarray, interpolation: str = "auto") -> np.ndarray:
         """Crop the padding and resize ``H'×W'``, ``H'×W'×C`` or ``B×H'×W'×C`` back to ``H×W``.
 
-        ``interpolation`` is ``"linear"`` (maps), ``"nearest"`` (label maps) or ``"cubic"``/``"area"``.
+        ``interpolation`` ``"auto"`` (default) averages over the covered area when shrinking, so
+        one-pixel lines are never skipped, and is linear when enlarging; ``"nearest"`` keeps label
+        maps and flat cells exact; ``"linear"``, ``"cubic"`` and ``"area"`` force one method.
         A 2-D input is one gray map; 3-D is one ``H'×W'×C`` map; 4-D is a batch.
         """
-        if interpolation not in _INTERPOLATIONS:
+        if interpolation not in _INTERPOLATIONS and interpolation != "auto":
             raise AnnotatorInputError(
-                f"interpolation: expected one of {sorted(_INTERPOLATIONS)}, found {interpolation!r}"
+                f"interpolation: expected 'auto' or one of {sorted(_INTERPOLATIONS)}, found {interpolation!r}"
             )
         output = np.asarray(output)
         spatial_axis = 1 if output.ndim == 4 else 0
@@ -216,6 +218,9 @@ class FitToResolution:
         height, width = self.original_size
         if cropped.shape[:2] == (height, width):
             return np.ascontiguousarray(cropped)
+        if interpolation == "auto":
+            shrinking = height * width < cropped.shape[0] * cropped.shape[1]
+            interpolation = "area" if shrinking else "linear"
         flag = _INTERPOLATIONS[interpolation]
         if cropped.dtype == np.bool_:
             cropped = cropped.astype(np.uint8)
