@@ -1,0 +1,109 @@
+"""Random-weight model files the real host recognises, for host tests and the host benchmark.
+
+The host only loads real architectures, so the SD1.5 checkpoint (UNet + CLIP-L + VAE) and the
+ControlNets are full size; tensor names and shapes come from the host's own module classes built
+on the meta device, values from a seeded generator. Runs in the host's venv (imports comfy), and
+needs `comfy.options.enable_args_parsing()` with `--cpu` in sys.argv before any comfy import
+(see host_env.import_comfy).
+
+Scales: weights N(0, 1/fan_in) keep activations O(1) through the random network; norm gains near
+1; zero convs are NOT zero (a fresh ControlNet adds nothing, which would make parity trivial).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+SD15_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
+                 channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
+                 transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], use_linear_in_transformer=False,
+                 context_dim=768, num_heads=8, use_spatial_transformer=True, legacy=False, adm_in_channels=None,
+                 use_temporal_attention=False, use_temporal_resblock=False)
+# An SDXL-family ControlNet at reduced width (real context 2048 and adm 2816, so loaders see SDXL).
+SDXL_SMALL_CONTROLNET = dict(image_size=32, in_channels=4, model_channels=64, num_res_blocks=[2, 2, 2],
+                             channel_mult=[1, 2, 4], transformer_depth=[0, 0, 1, 1, 1, 1], transformer_depth_middle=1,
+                             use_linear_in_transformer=True, context_dim=2048, num_head_channels=64,
+                             num_classes="sequential", adm_in_channels=2816, use_spatial_transformer=True, legacy=False)
+SD15_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+            "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+
+CHECKPOINT = "sd15_random.safetensors"
+CONTROLNETS = {"pose": "sd15_pose_random.safetensors", "depth": "sd15_depth_random.safetensors"}
+SDXL_CONTROLNET = "sdxl_small_random.safetensors"
+FORMAT_VERSION = 2  # bump when anything here changes; the cache is rebuilt
+
+
+def random_like_shapes(shapes: dict[str, torch.Size], seed: int, dtype=torch.float16) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in sorted(shapes):
+        shape = tuple(shapes[name])
+        if name.endswith("position_ids"):
+            out[name] = torch.arange(shape[-1]).expand(shape).clone()
+            continue
+        if len(shape) == 1:
+            is_gain = any(part in name for part in ("norm", "ln_", "layer_norm", "gamma")) and name.endswith("weight")
+            values = torch.randn(shape, generator=generator) * 0.02 + (1.0 if is_gain else 0.0)
+        elif len(shape) == 0:
+            values = torch.tensor(1.0)
+        else:
+            fan_in = math.prod(shape[1:])
+            values = torch.randn(shape, generator=generator) / math.sqrt(fan_in)
+        out[name] = values.to(dtype).contiguous()
+    return out
+
+
+def _meta_shapes(build) -> dict[str, torch.Size]:
+    with torch.device("meta"):
+        module = build()
+    return {k: v.shape for k, v in module.state_dict().items()}
+
+
+def checkpoint_shapes() -> dict[str, torch.Size]:
+    import comfy.cldm.cldm  # noqa: F401  (import order: model modules need comfy.ops first)
+    import comfy.ldm.models.autoencoder
+    import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
+    import comfy.ops
+    import comfy.sd1_clip
+
+    ops = comfy.ops.disable_weight_init
+    unet = _meta_shapes(lambda: openaimodel.UNetModel(**SD15_UNET, operations=ops))
+    clip = _meta_shapes(lambda: comfy.sd1_clip.SDClipModel(device="meta"))
+    vae = _meta_shapes(lambda: comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=SD15_VAE, embed_dim=4))
+    shapes = {f"model.diffusion_model.{k}": v for k, v in unet.items()}
+    shapes.update({f"cond_stage_model.{k}": v for k, v in clip.items()
+                   if not k.endswith(("text_projection.weight", "logit_scale"))})
+    shapes.update({f"first_stage_model.{k}": v for k, v in vae.items()})
+    return shapes
+
+
+def controlnet_shapes(config: dict) -> dict[str, torch.Size]:
+    import comfy.cldm.cldm
+    import comfy.ops
+
+    return _meta_shapes(lambda: comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.disable_weight_init,
+                                                          **config))
+
+
+def ensure_weights(folder: Path) -> dict[str, Path]:
+    """Create (once; cached by FORMAT_VERSION) the checkpoint and ControlNet files in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"checkpoint": folder / CHECKPOINT, "sdxl": folder / SDXL_CONTROLNET}
+    paths.update({key: folder / name for key, name in CONTROLNETS.items()})
+    marker = folder / "complete.json"
+    if marker.exists() and json.loads(marker.read_text()).get("version") == FORMAT_VERSION and \
+            all(p.exists() for p in paths.values()):
+        return paths
+    save_file(random_like_shapes(checkpoint_shapes(), seed=1), str(paths["checkpoint"]))
+    control = controlnet_shapes({k: v for k, v in SD15_UNET.items() if k != "out_channels"})
+    for seed, key in enumerate(CONTROLNETS, start=10):
+        tensors = random_like_shapes(control, seed=seed)
+        save_file({f"control_model.{k}": v for k, v in tensors.items()}, str(paths[key]))
+    sdxl = random_like_shapes(controlnet_shapes(SDXL_SMALL_CONTROLNET), seed=20)
+    save_file({f"control_model.{k}": v for k, v in sdxl.items()}, str(paths["sdxl"]))
+    marker.write_text(json.dumps({"version": FORMAT_VERSION}))
+    return paths
