@@ -303,8 +303,10 @@ def _batch_length(inputs: Any, input_kind: str) -> int:
     shape = getattr(inputs, "shape", None)
     if shape is None:
         return len(inputs) if isinstance(inputs, (list, tuple)) else 1
-    # Only a 4-D array (or a B×H×W label/depth stack) is a batch we can split.
     if len(shape) == 4:
+        return int(shape[0])
+    # Depth and label maps may come as B×H×W stacks (a 3-D array with 1/3/4 last is one H×W×C map).
+    if len(shape) == 3 and input_kind in (INPUT_DEPTH, INPUT_LABELS) and shape[-1] not in (1, 3, 4):
         return int(shape[0])
     return 1
 
