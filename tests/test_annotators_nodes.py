@@ -1,0 +1,113 @@
+"""nodes/preprocessor_nodes.py without a host, against the stand-in modules of tests/comfy_stub.py."""
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from comfy_stub import PACK_NAME, REPO_ROOT, build_modules
+
+
+@pytest.fixture
+def host(monkeypatch, tmp_path):
+    """The stub host plus what the preprocessor nodes use: a models dir, a temp dir, image paths."""
+    modules = build_modules(tmp_path / "controlnet")
+    folder_paths = modules["folder_paths"]
+    folder_paths.models_dir = str(tmp_path / "models")
+    registered: dict[str, list[str]] = {}
+    folder_paths.add_model_folder_path = lambda name, path, is_default=False: registered.setdefault(name, []).append(path)
+    folder_paths.get_folder_paths = lambda name: list(registered.get(name, []))
+    (tmp_path / "temp").mkdir()
+    folder_paths.get_temp_directory = lambda: str(tmp_path / "temp")
+    folder_paths.get_save_image_path = lambda prefix, output_dir, width=0, height=0: (output_dir, prefix, 1, "", prefix)
+    modules["comfy.model_management"].throw_exception_if_processing_interrupted = lambda: None
+    progress: list[tuple[int, int]] = []
+
+    class RecordingProgressBar:
+        def __init__(self, total, node_id=None):
+            self.total = total
+
+        def update_absolute(self, value, total=None, preview=None):
+            progress.append((value, total or self.total))
+
+    modules["comfy.utils"].ProgressBar = RecordingProgressBar
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    for name in list(sys.modules):
+        if name == PACK_NAME or name.startswith(PACK_NAME + "."):
+            monkeypatch.delitem(sys.modules, name)
+    package = types.ModuleType(PACK_NAME)
+    package.__path__ = [str(REPO_ROOT)]
+    nodes_package = types.ModuleType(f"{PACK_NAME}.nodes")
+    nodes_package.__path__ = [str(REPO_ROOT / "nodes")]
+    monkeypatch.setitem(sys.modules, PACK_NAME, package)
+    monkeypatch.setitem(sys.modules, f"{PACK_NAME}.nodes", nodes_package)
+    nodes = importlib.import_module(f"{PACK_NAME}.nodes.preprocessor_nodes")
+    return types.SimpleNamespace(nodes=nodes, tmp=tmp_path, progress=progress, registered=registered)
+
+
+def test_every_node_documents_its_inputs(host):
+    mappings = host.nodes.NODE_CLASS_MAPPINGS
+    assert host.nodes.NODE_DISPLAY_NAME_MAPPINGS["ControlNetPack_Preprocessor"] == "Preprocessor"
+    assert set(mappings) == set(host.nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    for key, cls in mappings.items():
+        assert key.startswith("ControlNetPack_") and cls.DESCRIPTION and cls.FUNCTION == "preprocess"
+        for section in cls.INPUT_TYPES().values():
+            for name, declaration in section.items():
+                options = declaration[1]
+                assert options.get("tooltip"), (key, name)
+                if declaration[0] in ("INT", "FLOAT"):
+                    assert options["min"] <= options["default"] <= options["max"], (key, name)
+                if isinstance(declaration[0], list) or declaration[0] == "BOOLEAN":
+                    assert "default" in options, (key, name)
+    assert host.registered["annotators"] == [str(host.tmp / "models" / "annotators")]
+
+
+def test_generic_preprocessor_returns_an_aligned_map_a_preview_and_progress(host):
+    image = torch.zeros(3, 45, 71, 3)
+    image[:, 10:30, 20:50] = 1.0
+    returned = host.nodes.Preprocessor().preprocess(image, "canny", 512)
+    control_map, pose = returned["result"]
+    assert control_map.shape == (3, 45, 71, 3) and control_map.dtype == torch.float32
+    assert pose == []
+    assert control_map[0, 10:30, 18:22].max() > 0 and control_map[0, 15:25, 25:45].max() == 0
+    previews = returned["ui"]["images"]
+    assert len(previews) == 3 and all(p["type"] == "temp" for p in previews)
+    assert all((host.tmp / "temp" / p["filename"]).is_file() for p in previews)
+    assert host.progress[-1] == (3, 3)
+
+
+def test_dedicated_node_parameters_reach_the_annotator(host):
+    node = host.nodes.NODE_CLASS_MAPPINGS["ControlNetPack_BinaryPreprocessor"]()
+    image = torch.full((1, 20, 30, 3), 0.5)
+    white = node.preprocess(image=image, resolution=64, threshold=100, invert=False)["result"][0]
+    black = node.preprocess(image=image, resolution=64, threshold=200, invert=False)["result"][0]
+    assert (white == 1.0).all() and (black == 0.0).all()
+
+
+def test_inpaint_node_keeps_minus_one_and_needs_a_mask(host):
+    node = host.nodes.NODE_CLASS_MAPPINGS["ControlNetPack_InpaintPreprocessor"]()
+    mask = torch.zeros(1, 20, 30)
+    mask[:, 5:10, 5:10] = 1
+    hint = node.preprocess(image=torch.rand(2, 20, 30, 3), mask=mask, masked_value="-1")["result"][0]
+    assert (hint[:, 5:10, 5:10] == -1).all() and (hint[:, 12:] >= 0).all()
+    from pack_under_test.annotators.common import AnnotatorInputError
+
+    with pytest.raises(AnnotatorInputError, match="mask"):
+        host.nodes.Preprocessor().preprocess(torch.rand(1, 20, 30, 3), "inpaint", 512)
+
+
+@pytest.mark.parametrize("preprocessor", ["openpose", "depth_anything_v2", "hed"])
+def test_missing_neural_weights_name_the_file_and_the_models_folder(host, preprocessor):
+    from pack_under_test.annotators.common import MissingWeightsError
+
+    with pytest.raises(MissingWeightsError) as info:
+        host.nodes.Preprocessor().preprocess(torch.rand(1, 20, 30, 3), preprocessor, 512)
+    spec = host.nodes.REGISTRY[preprocessor]
+    assert spec.weights[0].file_name in str(info.value)
+    assert str(Path(host.tmp) / "models" / "annotators") in str(info.value)
