@@ -65,7 +65,7 @@ def openpose(
     module = _neural_module("openpose")
     batch = to_batch_uint8(images)
     detector = load_detector("openpose", "OpenPoseDetector", models_dir, device)
-    frames = [detector.detect(frame, resolution=resolution, include_hands=include_hands) for frame in batch]
+    frames = detector.detect_batch(batch, resolution=resolution, include_hands=include_hands)
     maps = np.stack(
         [module.render_pose(frame, draw_body=draw_body, draw_hands=draw_hands, draw_face=False) for frame in frames]
     )
