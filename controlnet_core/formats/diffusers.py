@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-
-import torch
+from typing import TypeVar
 
 from ..errors import CheckpointError
+
+# Values are passed through untouched: tensors when loading, shapes when describe() only reads headers.
+Value = TypeVar("Value")
 
 # Key whose presence marks a diffusers ControlNetModel state dict.
 DIFFUSERS_CONTROLNET_MARKER = "controlnet_cond_embedding.conv_in.weight"
@@ -190,10 +192,10 @@ def _rename_key(key: str, layers: dict[int, int], hint_blocks: int) -> str | Non
     return None
 
 
-def _convert(state_dict: Mapping[str, torch.Tensor], keys: list[str], what: str) -> dict[str, torch.Tensor]:
+def _convert(state_dict: Mapping[str, Value], keys: list[str], what: str) -> dict[str, Value]:
     layers = _layers_per_level(keys)
     hint_blocks = _hint_block_count(keys)
-    converted: dict[str, torch.Tensor] = {}
+    converted: dict[str, Value] = {}
     unknown: list[str] = []
     sources: dict[str, str] = {}
     for key in keys:
@@ -214,10 +216,10 @@ def _convert(state_dict: Mapping[str, torch.Tensor], keys: list[str], what: str)
     return converted
 
 
-def diffusers_to_ldm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def diffusers_to_ldm(state_dict: Mapping[str, Value]) -> dict[str, Value]:
     """Rename a diffusers ControlNetModel state dict to the original ControlNet key names.
 
-    Tensors are not copied. Raises CheckpointError naming every key that has no mapping.
+    Values (tensors, or shapes) are not copied. Raises CheckpointError naming every key that has no mapping.
     """
     if not is_diffusers_layout(state_dict):
         raise CheckpointError(
@@ -227,7 +229,7 @@ def diffusers_to_ldm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
     return _convert(state_dict, list(state_dict), "diffusers ControlNet state dict")
 
 
-def diffusers_unet_encoder_to_ldm(unet_state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def diffusers_unet_encoder_to_ldm(unet_state_dict: Mapping[str, Value]) -> dict[str, Value]:
     """Rename the encoder half of a diffusers UNet2DConditionModel state dict to ldm names.
 
     Keeps conv_in, time/add embedding, down_blocks and mid_block; drops the decoder (up_blocks,
