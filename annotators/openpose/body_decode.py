@@ -61,10 +61,12 @@ def find_peaks(heatmaps: np.ndarray, config: BodyDecodeConfig = BodyDecodeConfig
         smooth = cv2.GaussianBlur(raw, (0, 0), config.smoothing_sigma, borderType=cv2.BORDER_REFLECT)
         padded = np.pad(smooth, 1)  # zero outside the image, like the reference
         centre = padded[1:-1, 1:-1]
+        # Strictly above the upper/left neighbours, at least the lower/right ones: a two-pixel
+        # plateau (a peak centred between pixels) gives one candidate, not two rival ones.
         is_peak = (
-            (centre >= padded[:-2, 1:-1])
+            (centre > padded[:-2, 1:-1])
             & (centre >= padded[2:, 1:-1])
-            & (centre >= padded[1:-1, :-2])
+            & (centre > padded[1:-1, :-2])
             & (centre >= padded[1:-1, 2:])
             & (centre > config.peak_threshold)
         )

@@ -1,0 +1,418 @@
+"""OpenPose: POSE_KEYPOINT parsing, rendering, PAF decoding, checkpoint loading, end-to-end alignment."""
+from __future__ import annotations
+
+import colorsys
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from annotators.common import AnnotatorInputError, MissingWeightsError
+from annotators.openpose import (
+    BODY_WEIGHT_FILE,
+    HAND_WEIGHT_FILE,
+    BodyPoseModel,
+    HandPoseModel,
+    OpenPoseDetector,
+    OpenPoseSettings,
+    decode_bodies,
+    load_body_model,
+    load_hand_model,
+    parse_pose_keypoints,
+    render_pose,
+    to_published_layout,
+)
+
+# --------------------------------------------------------------------------- a known pose
+
+# COCO-18 on a 200×160 (W×H) canvas, pixel coordinates. Limbs are long and well separated.
+POSE = {
+    0: (100, 26),  # nose
+    1: (100, 50),  # neck
+    2: (60, 50),  # right shoulder
+    3: (40, 80),  # right elbow
+    4: (30, 115),  # right wrist
+    5: (140, 50),  # left shoulder
+    6: (160, 80),  # left elbow
+    7: (170, 115),  # left wrist
+    8: (80, 110),  # right hip
+    9: (75, 135),  # right knee
+    10: (72, 155),  # right ankle
+    11: (120, 110),  # left hip
+    12: (125, 135),  # left knee
+    13: (128, 155),  # left ankle
+    14: (88, 12),  # right eye
+    15: (112, 12),  # left eye
+    16: (74, 24),  # right ear
+    17: (126, 24),  # left ear
+}
+WIDTH, HEIGHT = 200, 160
+
+# The OpenPose/ControlNet palette (RGB), written out from the published convention.
+COLOURS = [
+    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0),
+    (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255),
+    (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
+]  # fmt: skip
+# (part a, part b, limb index in the palette)
+NECK_RSHOULDER, NECK_LSHOULDER, RELBOW_RWRIST, NECK_RHIP, RHIP_RKNEE, LHIP_LKNEE, NECK_NOSE = (
+    (1, 2, 0), (1, 5, 1), (3, 4, 3), (1, 8, 6), (8, 9, 7), (11, 12, 10), (1, 0, 12),
+)  # fmt: skip
+
+
+def flat(points: dict[int, tuple[float, float]], count: int, scale: tuple[float, float] = (1.0, 1.0)) -> list[float]:
+    values: list[float] = []
+    for index in range(count):
+        if index in points:
+            values += [points[index][0] * scale[0], points[index][1] * scale[1], 1.0]
+        else:
+            values += [0.0, 0.0, 0.0]
+    return values
+
+
+def frame_of(body: dict, *, normalised: bool, hands: dict | None = None, face: dict | None = None) -> dict:
+    scale = (1 / WIDTH, 1 / HEIGHT) if normalised else (1.0, 1.0)
+    person = {"pose_keypoints_2d": flat(body, 18, scale)}
+    if hands is not None:
+        person["hand_left_keypoints_2d"] = flat(hands, 21, scale)
+    if face is not None:
+        person["face_keypoints_2d"] = flat(face, 70, scale)
+    return {"people": [person], "canvas_height": HEIGHT, "canvas_width": WIDTH}
+
+
+def pixel(image: np.ndarray, point: tuple[float, float]) -> tuple[int, ...]:
+    return tuple(int(value) for value in image[int(round(point[1])), int(round(point[0]))])
+
+
+def lerp(a: tuple[float, float], b: tuple[float, float], t: float) -> tuple[float, float]:
+    return a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+@pytest.mark.parametrize("normalised", [True, False])
+def test_render_draws_limbs_and_joints_in_openpose_colours_at_their_places(normalised):
+    image = render_pose(frame_of(POSE, normalised=normalised))
+    assert image.shape == (HEIGHT, WIDTH, 3) and image.dtype == np.uint8
+    for part_a, part_b, limb in (NECK_RSHOULDER, NECK_LSHOULDER, RELBOW_RWRIST, NECK_RHIP, RHIP_RKNEE, LHIP_LKNEE):
+        limb_colour = tuple(int(c * 0.6) for c in COLOURS[limb])  # limbs are drawn at 60 % brightness
+        middle = lerp(POSE[part_a], POSE[part_b], 0.5)
+        assert pixel(image, middle) == limb_colour, f"limb {part_a}-{part_b}"
+    for part, point in POSE.items():
+        assert pixel(image, point) == COLOURS[part], f"joint {part}"
+    # The limbs are 4 px half-width sticks: 8 px beside the neck→right-hip midpoint is background.
+    middle = lerp(POSE[1], POSE[8], 0.5)
+    assert pixel(image, (middle[0] + 8, middle[1] - 3)) == (0, 0, 0)
+    assert pixel(image, (5, 5)) == (0, 0, 0) and pixel(image, (195, 155)) == (0, 0, 0)
+
+
+def test_normalised_and_pixel_coordinates_render_identically():
+    by_pixels = render_pose(frame_of(POSE, normalised=False))
+    by_fraction = render_pose(frame_of(POSE, normalised=True))
+    assert np.array_equal(by_pixels, by_fraction)
+    assert by_pixels.any()
+
+
+def test_missing_keypoints_and_their_limbs_are_not_drawn():
+    body = dict(POSE)
+    frame = frame_of(body, normalised=False)
+    keypoints = frame["people"][0]["pose_keypoints_2d"]
+    keypoints[3 * 4 + 2] = 0.0  # right wrist: confidence 0 (OpenPose's "not found")
+    keypoints[3 * 9 : 3 * 9 + 2] = [-1.0 / WIDTH, -1.0 / HEIGHT]  # right knee: aux's negative marker
+    image = render_pose(frame)
+    assert pixel(image, POSE[4]) == (0, 0, 0)
+    assert pixel(image, lerp(POSE[3], POSE[4], 0.5)) == (0, 0, 0)
+    assert pixel(image, lerp(POSE[8], POSE[9], 0.5)) == (0, 0, 0)
+    assert pixel(image, POSE[3]) == COLOURS[3]  # the elbow itself is still there
+
+
+def test_render_hands_and_face_and_the_draw_switches():
+    hand = {0: (50, 100), 1: (50, 130)}  # wrist → thumb base: bone 0
+    face = {0: (20, 20), 69: (180, 20)}
+    frame = frame_of({}, normalised=False, hands=hand, face=face)
+    image = render_pose(frame)
+    bone_colour = tuple(round(c * 255) for c in colorsys.hsv_to_rgb(0.0, 1.0, 1.0))
+    assert pixel(image, (50, 115)) == bone_colour
+    assert pixel(image, hand[0]) == (0, 0, 255)  # hand joints are blue discs
+    assert pixel(image, face[0]) == (255, 255, 255) and pixel(image, face[69]) == (255, 255, 255)
+    assert not render_pose(frame, draw_hands=False, draw_face=False).any()
+    body_only = render_pose(frame_of(POSE, normalised=True, hands=hand, face=face), draw_hands=False, draw_face=False)
+    assert pixel(body_only, POSE[1]) == COLOURS[1] and body_only[20, 20].tolist() == [0, 0, 0]
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def test_parse_accepts_json_text_lists_and_single_frames():
+    frames = [frame_of(POSE, normalised=True), frame_of(POSE, normalised=False)]
+    parsed = parse_pose_keypoints(json.dumps(frames))
+    assert len(parsed) == 2
+    assert parsed[1]["people"][0]["pose_keypoints_2d"][:3] == [100.0, 26.0, 1.0]
+    assert parsed[0]["people"][0]["hand_left_keypoints_2d"] is None
+    assert parse_pose_keypoints(frames[0])[0]["canvas_width"] == WIDTH
+    empty_hand = copy.deepcopy(frames[0])
+    empty_hand["people"][0]["hand_right_keypoints_2d"] = []  # OpenPose writes [] for "not run"
+    assert parse_pose_keypoints(empty_hand)[0]["people"][0]["hand_right_keypoints_2d"] is None
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda f: "{not json", "invalid JSON at line 1"),
+        (lambda f: [], "empty list"),
+        (lambda f: {**f, "people": None}, "frame.people: expected a list of people"),
+        (lambda f: {k: v for k, v in f.items() if k != "canvas_width"}, "'canvas_width'"),
+        (lambda f: {**f, "canvas_height": -5}, "canvas_height: expected a positive integer"),
+        (lambda f: {**f, "people": [{"pose_keypoints_2d": [0.5] * 75}]}, "BODY_25"),
+        (lambda f: {**f, "people": [{"pose_keypoints_2d": [[0.5, 0.5, 1.0]] * 18}]}, "flatten them"),
+        (lambda f: {**f, "people": [{"pose_keypoints_2d": [0.5] * 53 + ["x"]}]}, "pose_keypoints_2d[53]: expected a number"),
+        (lambda f: {**f, "people": [{"pose_keypoints_2d": [0.5] * 53 + [float("nan")]}]}, "finite"),
+        (lambda f: {**f, "people": [{"hand_left_keypoints_2d": [0.5] * 60}]}, "63 numbers (21 keypoints"),
+        (lambda f: {**f, "people": [{"nose": 1}]}, "at least one of"),
+    ],
+)
+def test_parse_rejects_malformed_keypoints_with_a_precise_message(mutate, message):
+    with pytest.raises(AnnotatorInputError) as caught:
+        parse_pose_keypoints(mutate(frame_of(POSE, normalised=True)))
+    assert message in str(caught.value)
+
+
+def test_render_rejects_a_malformed_frame():
+    with pytest.raises(AnnotatorInputError, match="54 numbers"):
+        render_pose({"people": [{"pose_keypoints_2d": [1, 2, 3]}], "canvas_height": 8, "canvas_width": 8})
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def gaussian_heatmaps(points: list[dict[int, tuple[float, float]]], height: int, width: int, sigma: float) -> np.ndarray:
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    maps = np.zeros((height, width, 19), np.float32)
+    for person in points:
+        for part, (x, y) in person.items():
+            maps[:, :, part] = np.maximum(maps[:, :, part], np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2)))
+    return maps
+
+
+# Limb → PAF channel pairs of the published COCO model (from the OpenPose model description).
+LIMB_CHANNELS = {
+    (1, 2): (12, 13), (1, 5): (20, 21), (2, 3): (14, 15), (3, 4): (16, 17), (5, 6): (22, 23), (6, 7): (24, 25),
+    (1, 8): (0, 1), (8, 9): (2, 3), (9, 10): (4, 5), (1, 11): (6, 7), (11, 12): (8, 9), (12, 13): (10, 11),
+    (1, 0): (28, 29), (0, 14): (30, 31), (14, 16): (34, 35), (0, 15): (32, 33), (15, 17): (36, 37),
+    (2, 16): (18, 19), (5, 17): (26, 27),
+}  # fmt: skip
+
+
+def affinity_fields(points: list[dict[int, tuple[float, float]]], height: int, width: int, half_width: float) -> np.ndarray:
+    """Unit vectors along each limb, within ``half_width`` pixels of the segment."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    fields = np.zeros((height, width, 38), np.float32)
+    for person in points:
+        for (a, b), (cx, cy) in LIMB_CHANNELS.items():
+            if a not in person or b not in person:
+                continue
+            (x0, y0), (x1, y1) = person[a], person[b]
+            length = math.hypot(x1 - x0, y1 - y0)
+            ux, uy = (x1 - x0) / length, (y1 - y0) / length
+            along = (xs - x0) * ux + (ys - y0) * uy
+            across = np.abs((xs - x0) * uy - (ys - y0) * ux)
+            on_limb = (along >= 0) & (along <= length) & (across <= half_width)
+            fields[:, :, cx][on_limb] = ux
+            fields[:, :, cy][on_limb] = uy
+    return fields
+
+
+def shifted(pose: dict, dx: float, dy: float = 0.0) -> dict:
+    return {part: (x + dx, y + dy) for part, (x, y) in pose.items()}
+
+
+def test_decode_recovers_two_known_skeletons_from_synthetic_heatmaps_and_pafs():
+    second = {part: (x * 0.8 + 210, y * 0.8 + 20) for part, (x, y) in POSE.items() if part != 17}  # no left ear
+    people_in = [POSE, second]
+    heatmaps = gaussian_heatmaps(people_in, 200, 400, sigma=2.0)
+    pafs = affinity_fields(people_in, 200, 400, half_width=3.0)
+    people = decode_bodies(heatmaps, pafs)
+    assert len(people) == 2
+    people.sort(key=lambda person: person[1].x)  # by neck x
+    for decoded, truth in zip(people, people_in):
+        for part in range(18):
+            if part not in truth:
+                assert decoded[part] is None
+                continue
+            assert decoded[part] is not None, f"part {part} lost"
+            assert abs(decoded[part].x - round(truth[part][0])) <= 1 and abs(decoded[part].y - round(truth[part][1])) <= 1
+
+
+def test_decode_needs_the_affinity_field_to_connect_parts():
+    heatmaps = gaussian_heatmaps([POSE], 160, 200, sigma=2.0)
+    assert decode_bodies(heatmaps, np.zeros((160, 200, 38), np.float32)) == []
+    # Fields pointing the wrong way along every limb do not connect either.
+    assert decode_bodies(heatmaps, -affinity_fields([POSE], 160, 200, half_width=3.0)) == []
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+    """Random weights saved in the published key layout (flat layer names) as the real file names."""
+    folder = tmp_path_factory.mktemp("annotators")
+    torch.manual_seed(0)
+    torch.save(to_published_layout(BodyPoseModel()), folder / BODY_WEIGHT_FILE)
+    torch.save(to_published_layout(HandPoseModel()), folder / HAND_WEIGHT_FILE)
+    return folder
+
+
+def test_published_layout_is_flat_layer_names(weights_dir):
+    state = torch.load(weights_dir / BODY_WEIGHT_FILE, map_location="cpu", weights_only=True)
+    assert len(state) == 184 and state["conv1_1.weight"].shape == (64, 3, 3, 3)
+    assert state["Mconv7_stage6_L1.weight"].shape == (38, 128, 1, 1)
+    assert state["Mconv7_stage6_L2.weight"].shape == (19, 128, 1, 1)
+    hand = torch.load(weights_dir / HAND_WEIGHT_FILE, map_location="cpu", weights_only=True)
+    assert len(hand) == 104 and hand["Mconv1_stage2.weight"].shape == (128, 150, 7, 7)
+
+
+def test_loaders_load_the_published_layout_exactly(weights_dir):
+    state = torch.load(weights_dir / BODY_WEIGHT_FILE, map_location="cpu", weights_only=True)
+    model = load_body_model(weights_dir / BODY_WEIGHT_FILE)
+    assert torch.equal(model.stages[5].heatmap.Mconv7_stage6_L2.weight, state["Mconv7_stage6_L2.weight"])
+    assert torch.equal(model.backbone.conv4_4_CPM.bias, state["conv4_4_CPM.bias"])
+    hand_state = torch.load(weights_dir / HAND_WEIGHT_FILE, map_location="cpu", weights_only=True)
+    hand = load_hand_model(weights_dir / HAND_WEIGHT_FILE)
+    assert torch.equal(hand.stages[0].conv6_2_CPM.weight, hand_state["conv6_2_CPM.weight"])
+
+
+def test_wrong_truncated_and_missing_files_get_clear_errors(weights_dir, tmp_path):
+    with pytest.raises(AnnotatorInputError) as caught:
+        load_body_model(weights_dir / HAND_WEIGHT_FILE)
+    message = str(caught.value)
+    assert HAND_WEIGHT_FILE in message and "missing" in message and "looks like the OpenPose hand model" in message
+
+    state = torch.load(weights_dir / BODY_WEIGHT_FILE, map_location="cpu", weights_only=True)
+    state["conv5_5_CPM_L1.weight"] = state["conv5_5_CPM_L1.weight"][:30]
+    del state["Mconv7_stage6_L2.bias"]
+    garbled = tmp_path / "garbled.pth"
+    torch.save(state, garbled)
+    with pytest.raises(AnnotatorInputError) as caught:
+        load_body_model(garbled)
+    message = str(caught.value)
+    assert "'Mconv7_stage6_L2.bias'" in message
+    assert "'conv5_5_CPM_L1.weight' expected [38, 512, 1, 1] found [30, 512, 1, 1]" in message
+
+    truncated = tmp_path / BODY_WEIGHT_FILE
+    truncated.write_bytes((weights_dir / BODY_WEIGHT_FILE).read_bytes()[:5000])
+    with pytest.raises(AnnotatorInputError, match="cannot read weight file .*truncated"):
+        load_body_model(truncated)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MissingWeightsError) as missing:
+        OpenPoseDetector.from_folder(empty)
+    assert BODY_WEIGHT_FILE in str(missing.value) and str(empty) in str(missing.value)
+
+
+def test_hands_requested_without_the_hand_file_names_it(weights_dir, tmp_path):
+    (tmp_path / BODY_WEIGHT_FILE).symlink_to(weights_dir / BODY_WEIGHT_FILE)
+    detector = OpenPoseDetector.from_folder(tmp_path)
+    with pytest.raises(MissingWeightsError, match=HAND_WEIGHT_FILE):
+        detector.detect(np.zeros((16, 16, 3), np.uint8), include_hands=True)
+
+
+def test_real_networks_run_batched_on_tiny_inputs(weights_dir):
+    detector = OpenPoseDetector.from_folder(weights_dir)
+    detector.settings = OpenPoseSettings(body_box_size=64, hand_box_size=32, hand_scales=(1.0,))
+    batch = np.random.default_rng(0).integers(0, 256, (2, 30, 45, 4), dtype=np.uint8)  # RGBA, odd size
+    maps, frames = detector(batch, resolution=64)
+    assert maps.shape == (2, 30, 45, 3) and maps.dtype == np.uint8
+    assert [(f["canvas_height"], f["canvas_width"]) for f in frames] == [(30, 45)] * 2
+    # The hand network on a crop: 21 keypoints, each inside the crop or absent.
+    body = [None] * 18
+    body[2], body[3], body[4] = (20.0, 10.0), (24.0, 30.0), (28.0, 50.0)  # right arm
+    image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    (left, right), = detector._detect_hands(image, [body])
+    assert left is None and right is not None and len(right) == 21
+    assert all(point is None or (0 <= point[0] < 64 and 0 <= point[1] < 64) for point in right)
+
+
+# --------------------------------------------------------------------------- end-to-end alignment
+
+
+def marker_value(part: int) -> int:
+    return 40 + 10 * part  # distinct red levels, one per part
+
+
+def draw_markers(image: np.ndarray, points: dict[int, tuple[float, float]]) -> None:
+    for part, (x, y) in points.items():
+        # Red identifies the part; full green tells markers from the network input's grey padding.
+        image[int(y) - 4 : int(y) + 5, int(x) - 4 : int(x) + 5] = (marker_value(part), 255, 0)
+
+
+class MarkerNetwork(nn.Module):
+    """Stands in for a pose network: finds the red markers in its input and answers with heatmaps
+    (and, for the body, PAFs) on the stride-8 output grid, as the real network's outputs are laid out."""
+
+    def __init__(self, num_parts: int, body: bool) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))  # device/dtype probe
+        self.num_parts, self.body = num_parts, body
+        self.config = type("Config", (), {"stride": 8, "heatmap_channels": num_parts + 1})()
+
+    def locate(self, image: torch.Tensor) -> dict[int, tuple[float, float]]:
+        red, green = ((image[2] + 0.5) * 256.0).round(), ((image[1] + 0.5) * 256.0).round()  # BGR, pixel/256 - 0.5
+        found = {}
+        for part in range(self.num_parts):
+            match = (((red - marker_value(part)).abs() <= 2) & (green >= 250)).float()[None, None]
+            # Keep marker interiors only: resampled edges of other markers pass through this level too.
+            interior = -torch.nn.functional.max_pool2d(-match, 3, stride=1, padding=1)
+            ys, xs = torch.nonzero(interior[0, 0] > 0, as_tuple=True)
+            if len(xs) >= 1:
+                found[part] = (xs.float().mean().item(), ys.float().mean().item())
+        return found
+
+    def forward(self, batch: torch.Tensor):
+        height, width = batch.shape[-2] // 8, batch.shape[-1] // 8
+        heatmaps, pafs = [], []
+        for image in batch:
+            # Output cell (i, j) looks at input pixels 8i..8i+7: its centre is input pixel 8i + 3.5.
+            points = {p: ((x - 3.5) / 8, (y - 3.5) / 8) for p, (x, y) in self.locate(image).items()}
+            heat = gaussian_heatmaps([points], height, width, sigma=1.0)[:, :, : self.num_parts + 1]
+            heatmaps.append(torch.from_numpy(heat).permute(2, 0, 1))
+            if self.body:
+                pafs.append(torch.from_numpy(affinity_fields([points], height, width, half_width=1.0)).permute(2, 0, 1))
+        if self.body:
+            return torch.stack(pafs), torch.stack(heatmaps)
+        return torch.stack(heatmaps)
+
+
+@pytest.mark.parametrize("size, resolution", [((150, 190), 192), ((320, 400), 256)])
+def test_detected_keypoints_land_on_the_input_pixels(size, resolution):
+    height, width = size
+    scale = 0.85 * min(height / HEIGHT, width / WIDTH)  # keep clear of the borders
+    truths = [
+        {part: (x * scale + 2, y * scale + 3) for part, (x, y) in POSE.items()},
+        {part: (x * scale * 0.9 + 8, y * scale * 0.9 + 6) for part, (x, y) in POSE.items()},
+    ]
+    batch = np.zeros((2, height, width, 3), np.uint8)
+    for image, truth in zip(batch, truths):
+        draw_markers(image, truth)
+    detector = OpenPoseDetector(MarkerNetwork(18, body=True), MarkerNetwork(21, body=False))
+    # Run the body "network" at the detection resolution so markers stay readable.
+    detector.settings = OpenPoseSettings(body_scale=1.0, body_box_size=resolution + 64)
+    frames = detector.detect_batch(batch, resolution=resolution, include_hands=False)
+    for frame, truth in zip(frames, truths):
+        assert (frame["canvas_height"], frame["canvas_width"]) == (height, width)
+        (person,) = frame["people"]
+        keypoints = np.array(person["pose_keypoints_2d"]).reshape(18, 3)
+        assert (keypoints[:, 2] == 1.0).all()
+        found = keypoints[:, :2] * [width, height]
+        expected = np.array([truth[part] for part in range(18)])
+        # Markers are 9 px squares centred on (int(x), int(y)).
+        assert np.abs(found - np.floor(expected)).max() <= 2.0
+        # And the rendered map puts the neck colour on the neck.
+        rendered = render_pose(frame)
+        assert pixel(rendered, truth[1]) == COLOURS[1]
