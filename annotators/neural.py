@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import gray_to_rgb, to_batch_uint8
+from .common import AnnotatorInputError, gray_to_rgb, map_frames, to_batch_uint8
 
 MODELS_DIR_ENV = "ANNOTATORS_MODELS_DIR"
 
@@ -80,13 +80,13 @@ def pose_render(
 
     module = _neural_module("openpose")
     frames = module.parse_pose_keypoints(keypoints)
-    maps = [module.render_pose(frame, draw_body=draw_body, draw_hands=draw_hands, draw_face=draw_face) for frame in frames]
-    sizes = {m.shape for m in maps}
+    sizes = sorted({(frame["canvas_height"], frame["canvas_width"]) for frame in frames})
     if len(sizes) > 1:  # frames of different canvas sizes cannot form one IMAGE batch
-        from .common import AnnotatorInputError
-
-        raise AnnotatorInputError(f"pose keypoints: expected frames of one canvas size, found {sorted(sizes)}")
-    return AnnotatorResult(np.stack(maps), frames)
+        raise AnnotatorInputError(f"pose keypoints: expected frames of one canvas size, found sizes {sizes}")
+    maps = map_frames(
+        lambda frame: module.render_pose(frame, draw_body=draw_body, draw_hands=draw_hands, draw_face=draw_face), frames
+    )
+    return AnnotatorResult(maps, frames)
 
 
 def depth_anything_v2(
