@@ -150,3 +150,23 @@ def test_cli_renders_a_label_png(tmp_path):
     assert cli_main(["segmentation", str(tmp_path / "labels.png"), str(tmp_path / "seg.png")]) == 0
     seg = np.asarray(Image.open(tmp_path / "seg.png"))
     assert (seg[:, :6] == (120, 120, 120)).all() and (seg[:, 6:] == (150, 5, 61)).all()
+
+
+def two_frames_of_one_person(height: int = 60, width: int = 80) -> list[dict]:
+    body = []
+    for index in range(18):  # a vertical row of keypoints, in pixels
+        body += [width / 2, 5 + index * 2.5, 1.0]
+    return [{"people": [{"pose_keypoints_2d": body}], "canvas_height": height, "canvas_width": width}] * 2
+
+
+def test_pose_render_by_name_draws_at_the_canvas_size_and_passes_keypoints_on(tmp_path):
+    pytest.importorskip("annotators.openpose")
+    frames = two_frames_of_one_person()
+    result = run_annotator("pose_render", frames)
+    assert result.images.shape == (2, 60, 80, 3) and result.images.max() > 0
+    assert len(result.pose_keypoints) == 2
+    (tmp_path / "pose.json").write_text(json.dumps(frames[:1]))
+    assert cli_main(["pose_render", str(tmp_path / "pose.json"), str(tmp_path / "pose.png")]) == 0
+    assert Image.open(tmp_path / "pose.png").size == (80, 60)
+    (tmp_path / "bad.json").write_text('{"people": 3}')
+    assert cli_main(["pose_render", str(tmp_path / "bad.json"), str(tmp_path / "bad.png")]) == 1
