@@ -55,9 +55,11 @@ class DepthAnythingV2:
         try:
             torch.manual_seed(seed)
             model = DepthAnythingV2Model(config or DepthAnythingV2Config.preset(encoder))
-            with torch.no_grad():  # give LayerScale/positional params non-trivial values
-                for parameter in model.parameters():
+            with torch.no_grad():  # the token/positional parameters start at zero; give them values
+                for parameter in (model.pretrained.cls_token, model.pretrained.pos_embed, model.pretrained.mask_token):
                     parameter.normal_(0.0, 0.02)
+                # Lift the last conv so the final ReLU does not zero the whole (random) map.
+                model.depth_head.scratch.output_conv2[2].bias.fill_(1.0)
         finally:
             torch.random.set_rng_state(generator_state)
         return cls(model)
@@ -68,7 +70,7 @@ class DepthAnythingV2:
 
     @property
     def device(self) -> torch.device:
-        return self.model.pretrained.cls_token.device
+        return next(self.model.parameters()).device
 
     @torch.inference_mode()
     def __call__(self, images: Any, *, resolution: int = 518, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
@@ -76,7 +78,7 @@ class DepthAnythingV2:
         batch = to_batch_uint8(images)
         patch = self.model.config.patch_size
         padded, fit = fit_to_resolution(batch, resolution, multiple=patch)
-        dtype = self.model.pretrained.cls_token.dtype
+        dtype = next(self.model.parameters()).dtype
         outputs = []
         for start in range(0, len(padded), max(1, batch_size)):
             chunk = torch.from_numpy(padded[start : start + batch_size]).to(self.device)

@@ -44,7 +44,7 @@ class HEDDetector:
 
     @property
     def device(self) -> torch.device:
-        return self.model.norm.device
+        return next(self.model.parameters()).device
 
     @torch.inference_mode()
     def __call__(
@@ -57,7 +57,7 @@ class HEDDetector:
         """
         batch = to_batch_uint8(images)
         padded, fit = fit_to_resolution(batch, resolution, multiple=64)
-        dtype = self.model.norm.dtype
+        dtype = next(self.model.parameters()).dtype
         outputs = []
         for start in range(0, len(padded), max(1, batch_size)):
             chunk = torch.from_numpy(padded[start : start + batch_size]).to(self.device)
