@@ -1,0 +1,93 @@
+"""The node interface is a public contract: shared workflow JSON stores class keys, input names, and
+widget values by position. This test fails on any accidental change.
+
+Deliberate change: add optional inputs at the END only, keep old combo values accepted (aliases),
+then regenerate the snapshot with  UPDATE_NODE_SNAPSHOT=1 pytest tests/test_node_interface.py
+and commit it with the change. The host test test_host_server.py checks /object_info against the
+same snapshot.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from comfy_stub import import_nodes
+
+SNAPSHOT = Path(__file__).parent / "node_interface_snapshot.json"
+CONNECTION_TYPES = {"CONDITIONING", "CONTROL_NET", "IMAGE", "MASK", "CONTROLNET_PACK_STACK"}
+
+
+def interface_of(mappings: dict, display_names: dict) -> dict:
+    """What a saved workflow depends on: keys, display names, input names/order/types, outputs.
+    A file-list combo (models folder contents) is recorded as 'COMBO:<folder files>', not its values."""
+    out = {}
+    for key, cls in mappings.items():
+        spec = cls.INPUT_TYPES()
+        inputs = {}
+        for section in ("required", "optional"):
+            entries = []
+            for name, value in spec.get(section, {}).items():
+                kind = value[0]
+                options = value[1] if len(value) > 1 else {}
+                if isinstance(kind, list):
+                    kind = "COMBO:files" if name == "control_net_name" else ["COMBO", *kind]
+                entry = {"name": name, "type": kind}
+                for option in ("default", "min", "max"):
+                    if option in options:
+                        entry[option] = options[option]
+                entries.append(entry)
+            inputs[section] = entries
+        out[key] = {"display_name": display_names[key], "inputs": inputs,
+                    "outputs": list(cls.RETURN_TYPES), "output_names": list(cls.RETURN_NAMES),
+                    "function": cls.FUNCTION}
+    return out
+
+
+@pytest.fixture
+def nodes(monkeypatch, tmp_path):
+    return import_nodes(monkeypatch, tmp_path)
+
+
+def test_interface_matches_snapshot(nodes):
+    current = interface_of(nodes.NODE_CLASS_MAPPINGS, nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    if os.environ.get("UPDATE_NODE_SNAPSHOT"):
+        SNAPSHOT.write_text(json.dumps(current, indent=1, ensure_ascii=False) + "\n")
+    saved = json.loads(SNAPSHOT.read_text())
+    assert current == saved, "node interface changed: see this file's docstring before updating the snapshot"
+
+
+def test_keys_are_namespaced_and_display_names_are_the_documented_ones(nodes):
+    assert all(key.startswith("ControlNetPack_") for key in nodes.NODE_CLASS_MAPPINGS)
+    assert set(nodes.NODE_DISPLAY_NAME_MAPPINGS.values()) == {"LoadControlNet", "ApplyControlNet",
+                                                               "MultiControlStack"}
+
+
+def test_every_input_has_a_tooltip_and_every_widget_a_default_and_range(nodes):
+    for key, cls in nodes.NODE_CLASS_MAPPINGS.items():
+        assert cls.DESCRIPTION.strip(), f"{key} has no description"
+        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
+        for section, entries in cls.INPUT_TYPES().items():
+            for name, value in entries.items():
+                options = value[1] if len(value) > 1 else {}
+                assert options.get("tooltip"), f"{key}.{name} has no tooltip"
+                kind = value[0]
+                if isinstance(kind, list):
+                    assert name == "control_net_name" or options.get("default") in kind, f"{key}.{name}: no default"
+                elif kind in ("FLOAT", "INT"):
+                    assert {"default", "min", "max", "step"} <= set(options), f"{key}.{name} lacks default/range"
+                    assert options["min"] <= options["default"] <= options["max"]
+                elif kind == "BOOLEAN":
+                    assert "default" in options, f"{key}.{name} has no default"
+                else:
+                    assert kind in CONNECTION_TYPES, f"{key}.{name}: unexpected type {kind!r}"
+
+
+def test_old_control_mode_names_still_load(nodes):
+    """Values A1111 users type (and older saves may hold) map onto the current combo values."""
+    from pack_under_test.nodes.control_units import CONTROL_MODES, MODE_ALIASES, normalise_mode
+
+    for alias, mode in MODE_ALIASES.items():
+        assert normalise_mode(alias) == mode and mode in CONTROL_MODES
