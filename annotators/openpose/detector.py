@@ -15,6 +15,7 @@ Pipeline per batch (all frames share one size):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,14 @@ def _outputs_to_grid(outputs: torch.Tensor, stride: int, valid: tuple[int, int],
     upsampled = F.interpolate(outputs.float(), scale_factor=stride, mode="bicubic", align_corners=False)
     upsampled = upsampled[:, :, : valid[0], : valid[1]]
     return F.interpolate(upsampled, size=size, mode="bicubic", align_corners=False)
+
+
+def _detection_to_input(points: list[Point | None], *, scale_x: float, scale_y: float) -> list[Point | None]:
+    """Detection-image pixel → input-image pixel, pixel centres matched (as the map restore does)."""
+    return [
+        None if point is None else ((point[0] + 0.5) / scale_x - 0.5, (point[1] + 0.5) / scale_y - 0.5)
+        for point in points
+    ]
 
 
 class OpenPoseDetector:
@@ -134,10 +143,7 @@ class OpenPoseDetector:
             hands = self._detect_hands(content, people) if include_hands else [(None, None)] * len(people)
             encoded = []
             for body, (left, right) in zip(people, hands):
-                to_input = lambda points: [  # noqa: E731 - detection pixel → input pixel (centre convention)
-                    None if point is None else ((point[0] + 0.5) / scale_x - 0.5, (point[1] + 0.5) / scale_y - 0.5)
-                    for point in points
-                ]
+                to_input = partial(_detection_to_input, scale_x=scale_x, scale_y=scale_y)
                 encoded.append(
                     {
                         "pose_keypoints_2d": encode_keypoints(to_input(body), width, height),
