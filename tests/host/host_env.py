@@ -141,19 +141,24 @@ class HostServer:
         self._log.close()
 
 
+# Files as the example workflows name them (the usual download names), linked to the random weights.
+MODEL_FILES = {"checkpoint": ("checkpoints", "v1-5-pruned-emaonly.safetensors"),
+               "pose": ("controlnet", "control_v11p_sd15_openpose.safetensors"),
+               "depth": ("controlnet", "control_v11f1p_sd15_depth.safetensors"),
+               "sdxl": ("controlnet", "controlnet_sdxl_small_random.safetensors")}
+
+
 def prepare_base(base: Path, weights: dict[str, Path], images: dict[str, "object"] | None = None) -> Path:
     """A host base directory: our pack in custom_nodes/ under an odd folder name, the weights in models/."""
     (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
     link = base / "custom_nodes" / PACK_FOLDER_NAME
     if not link.exists():
         link.symlink_to(REPO_ROOT, target_is_directory=True)
-    for folder, keys in (("checkpoints", ("checkpoint",)), ("controlnet", ("pose", "depth", "sdxl"))):
+    for key, (folder, name) in MODEL_FILES.items():
         target = base / "models" / folder
         target.mkdir(parents=True, exist_ok=True)
-        for key in keys:
-            destination = target / weights[key].name
-            if not destination.exists():
-                destination.symlink_to(weights[key])
+        if not (target / name).exists():
+            (target / name).symlink_to(weights[key])
     (base / "input").mkdir(exist_ok=True)
     (base / "output").mkdir(exist_ok=True)
     for name, image in (images or {}).items():
