@@ -35,6 +35,7 @@ def test_pack_loads_without_import_errors(server, object_info):
     assert f"Cannot import {server.base}" not in log
     ours = sorted(key for key in object_info if key.startswith(OURS))
     assert ours == [f"{OURS}ApplyControlNet", f"{OURS}LoadControlNet", f"{OURS}MultiControlStack"]
+    assert any(path.endswith("/js/controlnet_pack.js") for path in server.get("/extensions"))  # WEB_DIRECTORY
 
 
 def test_object_info_schemas_match_the_snapshot(object_info):
