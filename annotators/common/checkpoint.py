@@ -158,3 +158,49 @@ def build_and_load(
     if dtype is not None:
         model = model.to(dtype=dtype)
     return model.eval()
+
+
+DetectorT = TypeVar("DetectorT", bound="SingleModelDetector")
+
+
+class SingleModelDetector:
+    """Plumbing shared by detectors that wrap one torch module loaded from one weight file.
+
+    Subclasses set ``weight_file``, ``annotator`` and ``weight_source`` and implement
+    :meth:`load_model`; they get ``from_file``, ``from_folder``, ``to`` and ``device``/``dtype``.
+    """
+
+    weight_file: str = ""
+    annotator: str = ""
+    weight_source: str | None = None
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model.eval()
+
+    @classmethod
+    def load_model(cls, path: str | Path) -> nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def from_file(cls: type[DetectorT], path: str | Path) -> DetectorT:
+        return cls(cls.load_model(path))
+
+    @classmethod
+    def from_folder(cls: type[DetectorT], models_dir: str | Path, file_name: str | None = None) -> DetectorT:
+        """Load ``file_name`` (default: the published file name) from ``models_dir``; never downloads."""
+        path = resolve_weight_file(
+            models_dir, file_name or cls.weight_file, annotator=cls.annotator, source=cls.weight_source
+        )
+        return cls.from_file(path)
+
+    def to(self: DetectorT, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DetectorT:
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype

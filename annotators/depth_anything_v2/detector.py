@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..common import fit_to_resolution, to_batch_uint8
-from ..common.checkpoint import resolve_weight_file
+from ..common.checkpoint import SingleModelDetector
 from .checkpoint import ANNOTATOR, WEIGHT_FILE, WEIGHT_SOURCE, load_depth_anything_v2
 from .model import DepthAnythingV2Config, DepthAnythingV2Model, normalise_rgb
 
@@ -32,21 +32,20 @@ def normalise_per_image(depth: np.ndarray) -> np.ndarray:
     return np.where(span > 0, (depth - low) / safe_span, 0.0).astype(np.float32)
 
 
-class DepthAnythingV2:
-    """``DepthAnythingV2.from_folder(models_dir)(images)`` → B×H×W float32 in [0, 1], near = bright."""
+class DepthAnythingV2(SingleModelDetector):
+    """``DepthAnythingV2.from_folder(models_dir)(images)`` → B×H×W float32 in [0, 1], near = bright.
+
+    ``from_folder(models_dir, file_name=...)`` also loads the vitb / vitl files.
+    """
 
     weight_file = WEIGHT_FILE
-
-    def __init__(self, model: DepthAnythingV2Model) -> None:
-        self.model = model.eval()
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "DepthAnythingV2":
-        return cls(load_depth_anything_v2(path))
+    annotator = ANNOTATOR
+    weight_source = WEIGHT_SOURCE
+    model: DepthAnythingV2Model
 
     @classmethod
-    def from_folder(cls, models_dir: str | Path, file_name: str = WEIGHT_FILE) -> "DepthAnythingV2":
-        return cls.from_file(resolve_weight_file(models_dir, file_name, annotator=ANNOTATOR, source=WEIGHT_SOURCE))
+    def load_model(cls, path: str | Path) -> DepthAnythingV2Model:
+        return load_depth_anything_v2(path)
 
     @classmethod
     def random(cls, encoder: str = "vits", seed: int = 0, config: DepthAnythingV2Config | None = None) -> "DepthAnythingV2":
@@ -64,21 +63,13 @@ class DepthAnythingV2:
             torch.random.set_rng_state(generator_state)
         return cls(model)
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "DepthAnythingV2":
-        self.model.to(device=device, dtype=dtype)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     @torch.inference_mode()
     def __call__(self, images: Any, *, resolution: int = 518, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Relative depth per image; ``images`` is B×H×W×C (uint8 or float [0, 1]; RGB, RGBA or gray)."""
         batch = to_batch_uint8(images)
         patch = self.model.config.patch_size
         padded, fit = fit_to_resolution(batch, resolution, multiple=patch)
-        dtype = next(self.model.parameters()).dtype
+        dtype = self.dtype
         outputs = []
         for start in range(0, len(padded), max(1, batch_size)):
             chunk = torch.from_numpy(padded[start : start + batch_size]).to(self.device)

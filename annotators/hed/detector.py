@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..common import fit_to_resolution, to_batch_uint8
-from ..common.checkpoint import resolve_weight_file
+from ..common.checkpoint import SingleModelDetector
 from .checkpoint import ANNOTATOR, WEIGHT_FILE, WEIGHT_SOURCE, load_hed_model
 from .model import HEDModel
 
@@ -22,29 +22,17 @@ def safe_step(edges: np.ndarray, steps: int = 2) -> np.ndarray:
     return np.clip(quantised, 0.0, 1.0)
 
 
-class HEDDetector:
+class HEDDetector(SingleModelDetector):
     """``HEDDetector.from_folder(models_dir)(images)`` → B×H×W float32 edge probabilities in [0, 1]."""
 
     weight_file = WEIGHT_FILE
-
-    def __init__(self, model: HEDModel) -> None:
-        self.model = model.eval()
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "HEDDetector":
-        return cls(load_hed_model(path))
+    annotator = ANNOTATOR
+    weight_source = WEIGHT_SOURCE
+    model: HEDModel
 
     @classmethod
-    def from_folder(cls, models_dir: str | Path) -> "HEDDetector":
-        return cls.from_file(resolve_weight_file(models_dir, WEIGHT_FILE, annotator=ANNOTATOR, source=WEIGHT_SOURCE))
-
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "HEDDetector":
-        self.model.to(device=device, dtype=dtype)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    def load_model(cls, path: str | Path) -> HEDModel:
+        return load_hed_model(path)
 
     @torch.inference_mode()
     def __call__(
@@ -57,7 +45,7 @@ class HEDDetector:
         """
         batch = to_batch_uint8(images)
         padded, fit = fit_to_resolution(batch, resolution, multiple=64)
-        dtype = next(self.model.parameters()).dtype
+        dtype = self.dtype
         outputs = []
         for start in range(0, len(padded), max(1, batch_size)):
             chunk = torch.from_numpy(padded[start : start + batch_size]).to(self.device)
