@@ -190,9 +190,11 @@ def test_render_rejects_a_malformed_frame():
 # --------------------------------------------------------------------------- decoding
 
 
-def gaussian_heatmaps(points: list[dict[int, tuple[float, float]]], height: int, width: int, sigma: float) -> np.ndarray:
+def gaussian_heatmaps(
+    points: list[dict[int, tuple[float, float]]], height: int, width: int, sigma: float, channels: int = 19
+) -> np.ndarray:
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    maps = np.zeros((height, width, 19), np.float32)
+    maps = np.zeros((height, width, channels), np.float32)
     for person in points:
         for part, (x, y) in person.items():
             maps[:, :, part] = np.maximum(maps[:, :, part], np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2)))
@@ -346,10 +348,12 @@ def marker_value(part: int) -> int:
     return 40 + 10 * part  # distinct red levels, one per part
 
 
-def draw_markers(image: np.ndarray, points: dict[int, tuple[float, float]]) -> None:
+def draw_markers(image: np.ndarray, points: dict[int, tuple[float, float]], hand: bool = False) -> None:
     for part, (x, y) in points.items():
-        # Red identifies the part; full green tells markers from the network input's grey padding.
-        image[int(y) - 4 : int(y) + 5, int(x) - 4 : int(x) + 5] = (marker_value(part), 255, 0)
+        # Red identifies the part; full green (body) or blue (hand) tells markers from each other
+        # and from the network input's grey padding.
+        flag = (0, 255) if hand else (255, 0)
+        image[int(y) - 4 : int(y) + 5, int(x) - 4 : int(x) + 5] = (marker_value(part), *flag)
 
 
 class MarkerNetwork(nn.Module):
@@ -363,16 +367,27 @@ class MarkerNetwork(nn.Module):
         self.config = type("Config", (), {"stride": 8, "heatmap_channels": num_parts + 1})()
 
     def locate(self, image: torch.Tensor) -> dict[int, tuple[float, float]]:
-        red, green = ((image[2] + 0.5) * 256.0).round(), ((image[1] + 0.5) * 256.0).round()  # BGR, pixel/256 - 0.5
-        found = {}
-        for part in range(self.num_parts):
-            match = (((red - marker_value(part)).abs() <= 2) & (green >= 250)).float()[None, None]
-            # Keep marker interiors only: resampled edges of other markers pass through this level too.
-            interior = -torch.nn.functional.max_pool2d(-match, 3, stride=1, padding=1)
-            ys, xs = torch.nonzero(interior[0, 0] > 0, as_tuple=True)
-            if len(xs) >= 1:
-                found[part] = (xs.float().mean().item(), ys.float().mean().item())
-        return found
+        pixels = np.rint((image.numpy() + 0.5) * 256.0)  # BGR input scaled to pixel/256 - 0.5
+        red, flag = pixels[2], pixels[1 if self.body else 0]
+        part = np.rint((red - marker_value(0)) / 10.0)
+        labels = np.where(
+            (np.abs(red - marker_value(0) - 10.0 * part) <= 2) & (flag >= 250) & (part >= 0) & (part < self.num_parts),
+            part,
+            -1,
+        )
+        # Keep marker interiors only: resampled edges of other markers pass through these levels too.
+        padded = np.pad(labels, 1, constant_values=-1)
+        height, width = labels.shape
+        interior = labels >= 0
+        for dy in range(3):
+            for dx in range(3):
+                interior &= padded[dy : dy + height, dx : dx + width] == labels
+        ys, xs = np.nonzero(interior)
+        found_parts = labels[ys, xs]
+        return {
+            int(p): (float(xs[found_parts == p].mean()), float(ys[found_parts == p].mean()))
+            for p in np.unique(found_parts)
+        }
 
     def forward(self, batch: torch.Tensor):
         height, width = batch.shape[-2] // 8, batch.shape[-1] // 8
@@ -380,7 +395,7 @@ class MarkerNetwork(nn.Module):
         for image in batch:
             # Output cell (i, j) looks at input pixels 8i..8i+7: its centre is input pixel 8i + 3.5.
             points = {p: ((x - 3.5) / 8, (y - 3.5) / 8) for p, (x, y) in self.locate(image).items()}
-            heat = gaussian_heatmaps([points], height, width, sigma=1.0)[:, :, : self.num_parts + 1]
+            heat = gaussian_heatmaps([points], height, width, sigma=1.0, channels=self.num_parts + 1)
             heatmaps.append(torch.from_numpy(heat).permute(2, 0, 1))
             if self.body:
                 pafs.append(torch.from_numpy(affinity_fields([points], height, width, half_width=1.0)).permute(2, 0, 1))
@@ -416,3 +431,29 @@ def test_detected_keypoints_land_on_the_input_pixels(size, resolution):
         # And the rendered map puts the neck colour on the neck.
         rendered = render_pose(frame)
         assert pixel(rendered, truth[1]) == COLOURS[1]
+
+
+def test_detected_hand_keypoints_land_on_the_input_pixels():
+    height, width, scale = 320, 400, 1.7
+    body = {part: (x * scale + 2, y * scale + 3) for part, (x, y) in POSE.items()}
+    image = np.zeros((height, width, 3), np.uint8)
+    draw_markers(image, body)
+    hands = {}
+    for side, (elbow, wrist) in (("left", (6, 7)), ("right", (3, 4))):
+        (ex, ey), (wx, wy) = body[elbow], body[wrist]
+        # OpenPose looks for the hand a third of a forearm beyond the wrist; lay 21 markers there
+        # on a 5×5 grid (11 px apart), clear of the wrist marker.
+        cx, cy = wx + 0.33 * (wx - ex), wy + 0.33 * (wy - ey)
+        grid = [(cx + dx, cy + dy) for dy in (-6, 5, 16, 27, 38) for dx in (-22, -11, 0, 11, 22)]
+        hands[side] = dict(enumerate(grid[:21]))
+        draw_markers(image, hands[side], hand=True)
+    detector = OpenPoseDetector(MarkerNetwork(18, body=True), MarkerNetwork(21, body=False))
+    detector.settings = OpenPoseSettings(body_scale=1.0, body_box_size=320, hand_scales=(0.5, 1.0))
+    frame = detector.detect(image, resolution=256, include_hands=True)
+    (person,) = frame["people"]
+    for side in ("left", "right"):
+        keypoints = np.array(person[f"hand_{side}_keypoints_2d"]).reshape(21, 3)
+        assert (keypoints[:, 2] == 1.0).all(), side
+        found = keypoints[:, :2] * [width, height]
+        expected = np.floor([hands[side][part] for part in range(21)])
+        assert np.abs(found - expected).max() <= 2.5, side
