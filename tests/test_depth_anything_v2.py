@@ -8,6 +8,7 @@ from torch import nn
 
 from annotators.common import AnnotatorInputError, MissingWeightsError
 from annotators.depth_anything_v2 import WEIGHT_FILE, DepthAnythingV2, DepthAnythingV2Config, DepthAnythingV2Model
+from annotators.hed import HEDModel
 
 # Shapes of the published depth_anything_v2_vits.pth (DINOv2 ViT-S/14 + DPT head, features 64,
 # out_channels 48/96/192/384), taken from the reference implementation's module definitions.
@@ -114,8 +115,7 @@ def test_map_is_aligned_with_the_input_and_near_is_bright(size, resolution):
 
 
 def test_wrong_garbled_and_missing_files_get_clear_errors(weights_dir, tmp_path):
-    hed_like = {"norm": torch.zeros(1, 3, 1, 1), "block5.projection.weight": torch.zeros(1, 512, 1, 1)}
-    torch.save(hed_like, tmp_path / "ControlNetHED.pth")
+    torch.save(HEDModel().state_dict(), tmp_path / "ControlNetHED.pth")  # a HED file in the published layout
     with pytest.raises(AnnotatorInputError) as caught:
         DepthAnythingV2.from_file(tmp_path / "ControlNetHED.pth")
     assert "ControlNetHED.pth" in str(caught.value) and "looks like the ControlNet HED model" in str(caught.value)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from annotators.common import AnnotatorInputError, MissingWeightsError
+from annotators.depth_anything_v2 import DepthAnythingV2
 from annotators.hed import WEIGHT_FILE, HEDDetector, HEDModel
 
 # The published ControlNetHED.pth: a learned RGB offset and five VGG-style blocks with 2, 2, 3, 3, 3
@@ -52,6 +53,15 @@ def test_detector_runs_batched_and_returns_maps_at_the_input_size(weights_dir):
     np.testing.assert_allclose(edges, chunked, atol=1e-5)
 
 
+def test_safetensors_files_load_too(weights_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    state = torch.load(weights_dir / WEIGHT_FILE, map_location="cpu", weights_only=True)
+    save_file(state, tmp_path / "ControlNetHED.safetensors")
+    detector = HEDDetector.from_folder(tmp_path, file_name="ControlNetHED.safetensors")
+    assert torch.equal(detector.model.block5.projection.weight, state["block5.projection.weight"])
+
+
 def red_channel_model() -> HEDModel:
     """Real architecture with chosen weights: logit = (red - 128) / 5 at every pixel.
 
@@ -94,8 +104,8 @@ def test_safe_mode_quantises_to_three_levels():
 
 
 def test_wrong_garbled_and_missing_files_get_clear_errors(weights_dir, tmp_path):
-    depth_like = {"pretrained.pos_embed": torch.zeros(1, 1370, 384), "depth_head.scratch.output_conv2.0.weight": torch.zeros(32, 32, 3, 3)}
-    torch.save(depth_like, tmp_path / "depth_anything_v2_vits.pth")
+    depth_file = tmp_path / "depth_anything_v2_vits.pth"
+    torch.save(DepthAnythingV2.random().model.state_dict(), depth_file)  # the published Depth Anything layout
     with pytest.raises(AnnotatorInputError) as caught:
         HEDDetector.from_file(tmp_path / "depth_anything_v2_vits.pth")
     message = str(caught.value)

@@ -168,6 +168,7 @@ def test_parse_accepts_json_text_lists_and_single_frames():
         (lambda f: {**f, "people": None}, "frame.people: expected a list of people"),
         (lambda f: {k: v for k, v in f.items() if k != "canvas_width"}, "'canvas_width'"),
         (lambda f: {**f, "canvas_height": -5}, "canvas_height: expected a positive integer"),
+        (lambda f: {**f, "canvas_width": 10**6}, "canvas_width: expected a positive integer of at most"),
         (lambda f: {**f, "people": [{"pose_keypoints_2d": [0.5] * 75}]}, "BODY_25"),
         (lambda f: {**f, "people": [{"pose_keypoints_2d": [[0.5, 0.5, 1.0]] * 18}]}, "flatten them"),
         (lambda f: {**f, "people": [{"pose_keypoints_2d": [0.5] * 53 + ["x"]}]}, "pose_keypoints_2d[53]: expected a number"),

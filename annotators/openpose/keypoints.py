@@ -32,6 +32,8 @@ PERSON_FIELDS = {
 
 # Coordinates at most this far above 1.0 still count as normalised (float noise from editors).
 NORMALISED_TOLERANCE = 1e-3
+# A canvas side beyond this is certainly a corrupted file (and would allocate gigabytes).
+MAX_CANVAS_SIDE = 16384
 
 
 def _fail(where: str, expected: str, found: Any) -> AnnotatorInputError:
@@ -82,8 +84,8 @@ def _validate_canvas_side(frame: dict, key: str, where: str) -> int:
     value = frame[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
         raise _fail(f"{where}.{key}", "a positive integer", _describe(value))
-    if float(value) != int(value) or int(value) < 1:
-        raise _fail(f"{where}.{key}", "a positive integer", repr(value))
+    if float(value) != int(value) or not 1 <= int(value) <= MAX_CANVAS_SIDE:
+        raise _fail(f"{where}.{key}", f"a positive integer of at most {MAX_CANVAS_SIDE}", repr(value))
     return int(value)
 
 
