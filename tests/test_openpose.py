@@ -420,6 +420,8 @@ def test_detected_keypoints_land_on_the_input_pixels(size, resolution):
     # Run the body "network" at the detection resolution so markers stay readable.
     detector.settings = OpenPoseSettings(body_scale=1.0, body_box_size=resolution + 64)
     frames = detector.detect_batch(batch, resolution=resolution, include_hands=False)
+    detector.settings = OpenPoseSettings(body_scale=1.0, body_box_size=resolution + 64, batch_size=1)
+    assert detector.detect_batch(batch, resolution=resolution, include_hands=False) == frames  # chunking is invisible
     for frame, truth in zip(frames, truths):
         assert (frame["canvas_height"], frame["canvas_width"]) == (height, width)
         (person,) = frame["people"]

@@ -47,6 +47,7 @@ class OpenPoseSettings:
     hand_scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
     hand_blur_sigma: float = 0.8
     pad_value: int = 128
+    batch_size: int = 8  # frames per body-network forward pass
     body: BodyDecodeConfig = field(default_factory=BodyDecodeConfig)
     hand: HandDecodeConfig = field(default_factory=HandDecodeConfig)
 
@@ -137,13 +138,13 @@ class OpenPoseDetector:
         people_per_frame = self._detect_bodies(frames_bgr, fit.padded_size, (content_h, content_w))
 
         scale_y, scale_x = fit.scale
+        to_input = partial(_detection_to_input, scale_x=scale_x, scale_y=scale_y)
         results = []
         for frame_bgr, people in zip(frames_bgr, people_per_frame):
             content = frame_bgr[:content_h, :content_w]
             hands = self._detect_hands(content, people) if include_hands else [(None, None)] * len(people)
             encoded = []
             for body, (left, right) in zip(people, hands):
-                to_input = partial(_detection_to_input, scale_x=scale_x, scale_y=scale_y)
                 encoded.append(
                     {
                         "pose_keypoints_2d": encode_keypoints(to_input(body), width, height),
@@ -183,17 +184,20 @@ class OpenPoseDetector:
         scale = settings.body_scale * settings.body_box_size / padded_size[0]
         net_h = max(stride, int(round(padded_size[0] * scale)))
         net_w = max(stride, int(round(padded_size[1] * scale)))
-        tensor, valid = _network_input(frames_bgr, net_h, net_w, settings.pad_value, stride)
-        pafs, heatmaps = self._run(self.body_model, tensor)
-        maps = _outputs_to_grid(torch.cat([heatmaps, pafs], dim=1), stride, valid, padded_size)
-        maps = maps[:, :, : content_size[0], : content_size[1]].permute(0, 2, 3, 1).cpu().numpy()
-        channels = heatmaps.shape[1]
+        channels = self.body_model.config.heatmap_channels
         people_per_frame = []
-        for frame_maps in maps:
-            people = decode_bodies(frame_maps[:, :, :channels], frame_maps[:, :, channels:], settings.body)
-            people_per_frame.append(
-                [[None if peak is None else (float(peak.x), float(peak.y)) for peak in person] for person in people]
-            )
+        # Chunks bound memory: the upsampled maps are 57 float channels at the detection size.
+        for start in range(0, len(frames_bgr), max(1, settings.batch_size)):
+            chunk = frames_bgr[start : start + max(1, settings.batch_size)]
+            tensor, valid = _network_input(chunk, net_h, net_w, settings.pad_value, stride)
+            pafs, heatmaps = self._run(self.body_model, tensor)
+            maps = _outputs_to_grid(torch.cat([heatmaps, pafs], dim=1), stride, valid, padded_size)
+            maps = maps[:, :, : content_size[0], : content_size[1]].permute(0, 2, 3, 1).cpu().numpy()
+            for frame_maps in maps:
+                people = decode_bodies(frame_maps[:, :, :channels], frame_maps[:, :, channels:], settings.body)
+                people_per_frame.append(
+                    [[None if peak is None else (float(peak.x), float(peak.y)) for peak in person] for person in people]
+                )
         return people_per_frame
 
     @torch.inference_mode()
