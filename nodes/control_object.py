@@ -61,10 +61,21 @@ def host_compute_dtype(weight_dtype: torch.dtype | None) -> tuple[torch.dtype, t
     return (manual_cast or storage_dtype), load_device
 
 
+class PatcherHandle(torch.nn.Module):
+    """What the ModelPatcher manages: the core model as a submodule. The patcher writes its
+    bookkeeping (device, model_loaded_weight_memory, lowvram flags…) as attributes of the module it
+    is given; this keeps them off the core model, whose `device` is a read-only property."""
+
+    def __init__(self, control_model: ControlNetModel) -> None:
+        super().__init__()
+        self.control_model = control_model
+        self.device = control_model.device
+
+
 def wrap_model(model: ControlNetModel, name: str, dtype: torch.dtype, load_device: torch.device) -> LoadedControlNet:
     """Wrap a core model in a ModelPatcher so the memory manager loads/offloads it with the UNet."""
     patcher = comfy.model_patcher.ModelPatcher(
-        model, load_device=load_device, offload_device=comfy.model_management.unet_offload_device())
+        PatcherHandle(model), load_device=load_device, offload_device=comfy.model_management.unet_offload_device())
     return LoadedControlNet(model=model, patcher=patcher, name=name, dtype=dtype)
 
 

@@ -164,4 +164,5 @@ def test_models_are_handed_to_the_memory_manager(host, images):
                                                     0.0, 1.0)
     models = positive[0][1]["control"].get_models()
     assert len(models) == 1 and isinstance(models[0], comfy.model_patcher.ModelPatcher)
+    assert models[0].model.control_model is our_net.source.model
     assert next(models[0].model.parameters()).dtype == torch.float32  # what the host picks for the CPU
