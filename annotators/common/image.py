@@ -209,6 +209,8 @@ class FitToResolution:
             )
         h, w = self.scaled_size
         if output.ndim == 4:
+            if (h, w) == self.original_size:  # no resize back: one crop for the whole batch
+                return np.ascontiguousarray(output[:, :h, :w])
             return np.stack([self._restore_one(frame[:h, :w], interpolation) for frame in output])
         return self._restore_one(output[:h, :w], interpolation)
 
@@ -246,6 +248,7 @@ def fit_to_resolution(
     None or 0 keeps the native size (only the padding is added). ``pad_mode`` is ``"edge"``
     (replicate the border, which adds no edges of its own) or ``"zero"``. Returns the detector
     input and a :class:`FitToResolution` whose ``restore`` maps outputs back, exactly aligned.
+    When nothing needs resizing or padding the input array itself is returned: don't modify it in place.
     """
     image = np.asarray(image)
     if resolution is not None and (not isinstance(resolution, (int, np.integer)) or resolution < 0):
@@ -265,6 +268,10 @@ def fit_to_resolution(
     pad_w = math.ceil(new_w / multiple) * multiple
     fit = FitToResolution((height, width), (new_h, new_w), (pad_h, pad_w))
 
+    if fit.padded_size == (height, width):  # already the right size: no per-frame copies
+        return image, fit
+    if batched and fit.scaled_size == (height, width):  # padding only: one vectorised pad
+        return _pad_bottom_right(image, fit, pad_mode, leading=1), fit
     frames: Sequence[np.ndarray] = image if batched else [image]
     prepared = [_resize_and_pad(frame, fit, pad_mode) for frame in frames]
     return (np.stack(prepared) if batched else prepared[0]), fit
@@ -283,7 +290,12 @@ def _resize_and_pad(frame: np.ndarray, fit: FitToResolution, pad_mode: str) -> n
         resized = frame
     if (pad_h, pad_w) == (new_h, new_w):
         return np.ascontiguousarray(resized)
-    widths = [(0, pad_h - new_h), (0, pad_w - new_w)] + [(0, 0)] * (resized.ndim - 2)
-    if pad_mode == "edge":
-        return np.pad(resized, widths, mode="edge")
-    return np.pad(resized, widths, mode="constant")
+    return _pad_bottom_right(resized, fit, pad_mode, leading=0)
+
+
+def _pad_bottom_right(array: np.ndarray, fit: FitToResolution, pad_mode: str, leading: int) -> np.ndarray:
+    """Pad the two spatial axes (after ``leading`` batch axes) up to ``fit.padded_size``."""
+    (new_h, new_w), (pad_h, pad_w) = fit.scaled_size, fit.padded_size
+    widths = [(0, 0)] * leading + [(0, pad_h - new_h), (0, pad_w - new_w)]
+    widths += [(0, 0)] * (array.ndim - len(widths))
+    return np.pad(array, widths, mode="edge" if pad_mode == "edge" else "constant")
