@@ -33,13 +33,19 @@ _INTERPOLATIONS = {
 
 
 def as_numpy(image: Any, what: str = "image") -> np.ndarray:
-    """Any array-like as numpy, no conversion of values. Accepts numpy arrays, torch tensors and PIL images without importing torch or PIL eagerly."""
+    """Any array-like as numpy, values unchanged (half floats widened to float32).
+
+    Accepts numpy arrays, torch tensors and PIL images without importing torch or PIL itself.
+    """
     if image is None:
         raise AnnotatorInputError(f"{what}: expected an image array, found None")
     if isinstance(image, np.ndarray):
         return image
     if hasattr(image, "detach") and hasattr(image, "cpu"):  # torch.Tensor
-        return image.detach().cpu().numpy()
+        tensor = image.detach().cpu()
+        if str(tensor.dtype) in ("torch.bfloat16", "torch.float16"):  # numpy has no bfloat16
+            tensor = tensor.float()
+        return tensor.numpy()
     if hasattr(image, "mode") and hasattr(image, "size") and hasattr(image, "getbands"):  # PIL
         if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             raise AnnotatorInputError(
