@@ -118,6 +118,16 @@ def test_normalised_and_pixel_coordinates_render_identically():
     assert by_pixels.any()
 
 
+def test_normalised_coordinates_land_on_their_pixel_despite_float_noise():
+    # 0.29 * 100 is 28.999… in floating point; the point belongs on pixel column 29.
+    frame = {"people": [{"face_keypoints_2d": [0.29, 0.57, 1.0] + [0.0] * 207}], "canvas_height": 100, "canvas_width": 100}
+    image = render_pose(frame)
+    white, black = (255, 255, 255), (0, 0, 0)
+    assert pixel(image, (29, 57)) == white
+    assert pixel(image, (26, 57)) == white and pixel(image, (32, 57)) == white  # radius-3 disc centred on 29
+    assert pixel(image, (25, 57)) == black and pixel(image, (33, 57)) == black
+
+
 def test_missing_keypoints_and_their_limbs_are_not_drawn():
     body = dict(POSE)
     frame = frame_of(body, normalised=False)

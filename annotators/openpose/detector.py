@@ -76,10 +76,21 @@ def _outputs_to_grid(outputs: torch.Tensor, stride: int, valid: tuple[int, int],
     return F.interpolate(upsampled, size=size, mode="bicubic", align_corners=False)
 
 
-def _detection_to_input(points: list[Point | None], *, scale_x: float, scale_y: float) -> list[Point | None]:
-    """Detection-image pixel → input-image pixel, pixel centres matched (as the map restore does)."""
+def _detection_to_input(
+    points: list[Point | None], *, scale_x: float, scale_y: float, width: int, height: int
+) -> list[Point | None]:
+    """Detection-image pixel → nearest input-image pixel, pixel centres matched (as the map restore does).
+
+    Whole pixel indices, like comfyui_controlnet_aux's keypoints: renderers that truncate
+    ``normalised × size`` then land on exactly this pixel.
+    """
     return [
-        None if point is None else ((point[0] + 0.5) / scale_x - 0.5, (point[1] + 0.5) / scale_y - 0.5)
+        None
+        if point is None
+        else (
+            float(min(max(round((point[0] + 0.5) / scale_x - 0.5), 0), width - 1)),
+            float(min(max(round((point[1] + 0.5) / scale_y - 0.5), 0), height - 1)),
+        )
         for point in points
     ]
 
@@ -138,7 +149,7 @@ class OpenPoseDetector:
         people_per_frame = self._detect_bodies(frames_bgr, fit.padded_size, (content_h, content_w))
 
         scale_y, scale_x = fit.scale
-        to_input = partial(_detection_to_input, scale_x=scale_x, scale_y=scale_y)
+        to_input = partial(_detection_to_input, scale_x=scale_x, scale_y=scale_y, width=width, height=height)
         results = []
         for frame_bgr, people in zip(frames_bgr, people_per_frame):
             content = frame_bgr[:content_h, :content_w]

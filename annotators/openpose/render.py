@@ -52,9 +52,16 @@ def hand_bone_color(bone_index: int) -> tuple[int, int, int]:
     return int(round(red * 255)), int(round(green * 255)), int(round(blue * 255))
 
 
+def _snap(value: float) -> float:
+    """Undo float noise of normalised × size (0.29 * 100 = 28.999…): snap to an integer within 1e-6."""
+    nearest = round(value)
+    return float(nearest) if abs(value - nearest) <= 1e-6 * max(1.0, abs(value)) else value
+
+
 def _pixel(value: float) -> int:
-    # Keypoints are pixel indices; round so 0.29 * 100 = 28.999… still lands on pixel 29.
-    return int(math.floor(value + 0.5))
+    # Truncation as in comfyui_controlnet_aux's renderer (pixel i covers [i, i + 1)), so the same
+    # JSON draws the same pixels in both; snapping first keeps 0.29 * 100 on pixel 29, not 28.
+    return int(math.floor(_snap(value)))
 
 
 def _draw_body(canvas: np.ndarray, points: list[tuple[float, float] | None]) -> None:
@@ -62,7 +69,7 @@ def _draw_body(canvas: np.ndarray, points: list[tuple[float, float] | None]) -> 
         first, second = points[start], points[end]
         if first is None or second is None:
             continue
-        (x0, y0), (x1, y1) = first, second
+        (x0, y0), (x1, y1) = (_snap(first[0]), _snap(first[1])), (_snap(second[0]), _snap(second[1]))
         length = math.hypot(x1 - x0, y1 - y0)
         angle = math.degrees(math.atan2(y0 - y1, x0 - x1))
         centre = (_pixel((x0 + x1) / 2), _pixel((y0 + y1) / 2))
