@@ -268,6 +268,33 @@ def test_decode_needs_the_affinity_field_to_connect_parts():
     assert decode_bodies(heatmaps, -affinity_fields([POSE], 160, 200, half_width=3.0)) == []
 
 
+def test_hand_keypoints_from_synthetic_heatmaps():
+    from annotators.openpose.hand_decode import hand_peaks
+
+    # 21 known points on the 128² heatmap grid of a 256×192 (W×H) crop; part 20 has no heat at all.
+    truth = {part: (10 + 5 * part, 100 - 4 * part) for part in range(20)}
+    heatmaps = gaussian_heatmaps([truth], 128, 128, sigma=2.0, channels=22)
+    heatmaps[:, :, 5] += 0.3 * gaussian_heatmaps([{5: (110, 20)}], 128, 128, sigma=2.0, channels=22)[:, :, 5]  # weaker rival blob
+    points = hand_peaks(heatmaps, crop_height=192, crop_width=256)
+    assert points[20] is None
+    for part, (x, y) in truth.items():
+        assert points[part] == (int(x * 256 / 128), int(y * 192 / 128)), part
+
+
+def test_hand_boxes_follow_the_openpose_rule():
+    from annotators.openpose.hand_decode import hand_boxes
+
+    body: list = [None] * 18
+    body[5], body[6], body[7] = (100.0, 50.0), (100.0, 90.0), (100.0, 120.0)  # left arm, forearm 30 px
+    (box,) = hand_boxes(body, 300, 300)
+    # Centre 0.33 forearm beyond the wrist (y = 129.9); side 1.5 × max(30, 0.9 × 40) = 54; top-left
+    # corner (100 - 27, 129.9 - 27) in whole pixels.
+    assert box.is_left and box.size == 54 and (box.x, box.y) == (73, 102)
+    body[7] = (100.0, 95.0)  # a tiny forearm near the image edge: the box would be under 20 px
+    body[5], body[6] = (100.0, 93.0), (100.0, 94.0)
+    assert hand_boxes(body, 300, 300) == []
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
