@@ -6,8 +6,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .common import AnnotatorInputError, to_batch_uint8
-from .common import as_numpy
+from .common import AnnotatorInputError, as_numpy, to_batch_uint8, to_unit_float
 
 # control_v11p_sd15_inpaint was trained with masked pixels set to -1 in a [0, 1] hint (the value
 # comfyui_controlnet_aux and the original ControlNet use); xinsir's union/promax models want black.
@@ -26,16 +25,7 @@ def mask_to_batch(mask: Any, batch_size: int, height: int, width: int) -> np.nda
         array = array[None]
     if array.ndim != 3 or array.shape[1] == 0 or array.shape[2] == 0 or array.shape[0] == 0:
         raise AnnotatorInputError(f"mask: expected H×W or B×H×W, found shape {tuple(array.shape)}")
-    if array.dtype == np.bool_:
-        array = array.astype(np.float32)
-    elif array.dtype == np.uint8:
-        array = array.astype(np.float32) / 255.0
-    elif array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise AnnotatorInputError("mask: expected finite values, found NaN/inf")
-        array = array.astype(np.float32)
-    else:
-        raise AnnotatorInputError(f"mask: expected bool, uint8 or float values, found dtype {array.dtype}")
+    array = to_unit_float(array, "mask")
     if array.shape[0] not in (1, batch_size):
         raise AnnotatorInputError(f"mask: expected 1 or {batch_size} masks for {batch_size} images, found {array.shape[0]}")
     if array.shape[1:] != (height, width):

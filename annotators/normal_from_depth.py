@@ -12,7 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .common import AnnotatorInputError, as_numpy, map_frames
+from .common import AnnotatorInputError, as_numpy, map_frames, to_unit_float
 
 
 def depth_to_batch(depth: Any) -> np.ndarray:
@@ -30,20 +30,7 @@ def depth_to_batch(depth: Any) -> np.ndarray:
         raise AnnotatorInputError(f"depth: expected H×W, B×H×W or B×H×W×C, found shape {tuple(array.shape)}")
     if 0 in array.shape[:3]:
         raise AnnotatorInputError(f"depth: expected a non-empty map, found shape {tuple(array.shape)}")
-    if array.dtype == np.uint8:
-        values = array.astype(np.float32) / 255.0
-    elif array.dtype == np.uint16:
-        values = array.astype(np.float32) / 65535.0
-    elif array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise AnnotatorInputError("depth: expected finite values, found NaN/inf")
-        values = array.astype(np.float32)
-        if values.min() < -0.01 or values.max() > 1.01:
-            raise AnnotatorInputError(
-                f"depth: expected floats in [0, 1], found range [{values.min():.4g}, {values.max():.4g}]"
-            )
-    else:
-        raise AnnotatorInputError(f"depth: expected uint8, uint16 or float values, found dtype {array.dtype}")
+    values = to_unit_float(array, "depth", allow_uint16=True)
     channels = min(array.shape[-1], 3)  # ignore alpha
     return np.ascontiguousarray(values[..., :channels].mean(axis=-1))
 

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_stub import PACK_NAME, REPO_ROOT, build_modules
+from comfy_stub import PACK_NAME, import_nodes
 
 
 @pytest.fixture
 def host(monkeypatch, tmp_path):
-    """The stub host plus what the preprocessor nodes use: a models dir, a temp dir, image paths."""
-    modules = build_modules(tmp_path / "controlnet")
-    folder_paths = modules["folder_paths"]
+    """The stub host (tests/comfy_stub.py) plus what the preprocessor nodes use on top of it:
+    a models dir, model folder registration, a temp dir, save paths and a recording progress bar."""
+    import_nodes(monkeypatch, tmp_path / "controlnet")  # installs the stub modules and the package
+    folder_paths = sys.modules["folder_paths"]
     folder_paths.models_dir = str(tmp_path / "models")
     registered: dict[str, list[str]] = {}
     folder_paths.add_model_folder_path = lambda name, path, is_default=False: registered.setdefault(name, []).append(path)
@@ -25,7 +26,7 @@ def host(monkeypatch, tmp_path):
     (tmp_path / "temp").mkdir()
     folder_paths.get_temp_directory = lambda: str(tmp_path / "temp")
     folder_paths.get_save_image_path = lambda prefix, output_dir, width=0, height=0: (output_dir, prefix, 1, "", prefix)
-    modules["comfy.model_management"].throw_exception_if_processing_interrupted = lambda: None
+    sys.modules["comfy.model_management"].throw_exception_if_processing_interrupted = lambda: None
     progress: list[tuple[int, int]] = []
 
     class RecordingProgressBar:
@@ -35,18 +36,7 @@ def host(monkeypatch, tmp_path):
         def update_absolute(self, value, total=None, preview=None):
             progress.append((value, total or self.total))
 
-    modules["comfy.utils"].ProgressBar = RecordingProgressBar
-    for name, module in modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    for name in list(sys.modules):
-        if name == PACK_NAME or name.startswith(PACK_NAME + "."):
-            monkeypatch.delitem(sys.modules, name)
-    package = types.ModuleType(PACK_NAME)
-    package.__path__ = [str(REPO_ROOT)]
-    nodes_package = types.ModuleType(f"{PACK_NAME}.nodes")
-    nodes_package.__path__ = [str(REPO_ROOT / "nodes")]
-    monkeypatch.setitem(sys.modules, PACK_NAME, package)
-    monkeypatch.setitem(sys.modules, f"{PACK_NAME}.nodes", nodes_package)
+    sys.modules["comfy.utils"].ProgressBar = RecordingProgressBar
     nodes = importlib.import_module(f"{PACK_NAME}.nodes.preprocessor_nodes")
     return types.SimpleNamespace(nodes=nodes, tmp=tmp_path, progress=progress, registered=registered)
 

@@ -1,7 +1,7 @@
 """Shared input handling for all annotators: errors, image normalisation, resolution round trip."""
 from .batch import gray_to_rgb, map_frames, rgb_to_gray
 from .errors import AnnotatorInputError, MissingWeightsError
-from .image import FitToResolution, as_numpy, fit_to_resolution, scaled_size, to_batch_uint8, to_uint8_rgb
+from .image import FitToResolution, as_numpy, fit_to_resolution, scaled_size, to_batch_uint8, to_uint8_rgb, to_unit_float
 
 __all__ = [
     "AnnotatorInputError",
@@ -15,4 +15,5 @@ __all__ = [
     "scaled_size",
     "to_batch_uint8",
     "to_uint8_rgb",
+    "to_unit_float",
 ]

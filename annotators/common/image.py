@@ -63,6 +63,27 @@ def as_numpy(image: Any, what: str = "image") -> np.ndarray:
         raise AnnotatorInputError(f"{what}: expected an image array, found {type(image).__name__}") from exc
 
 
+def to_unit_float(array: np.ndarray, what: str, *, allow_uint16: bool = False) -> np.ndarray:
+    """Masks and depth maps as float32 in [0, 1]: bool, uint8 (/255), uint16 (/65535, if allowed)
+    or floats already in [0, 1]; anything else, NaN/inf or out-of-range floats raise."""
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16 and allow_uint16:
+        return array.astype(np.float32) / 65535.0
+    if array.dtype.kind != "f":
+        accepted = "bool, uint8, uint16 or float" if allow_uint16 else "bool, uint8 or float"
+        raise AnnotatorInputError(f"{what}: expected {accepted} values, found dtype {array.dtype}")
+    if not np.isfinite(array).all():
+        raise AnnotatorInputError(f"{what}: expected finite values, found NaN/inf")
+    values = array.astype(np.float32)
+    low, high = float(values.min()), float(values.max())
+    if low < -_FLOAT_RANGE_TOLERANCE or high > 1.0 + _FLOAT_RANGE_TOLERANCE:
+        raise AnnotatorInputError(f"{what}: expected floats in [0, 1], found range [{low:.4g}, {high:.4g}]")
+    return values
+
+
 def _channels_to_uint8_rgb(array: np.ndarray, what: str) -> np.ndarray:
     """Core conversion for ``...×H×W×C`` arrays (C already made explicit): dtype check, RGBA, gray."""
     if array.dtype == np.uint16 or array.dtype == np.int16:
