@@ -2,7 +2,9 @@
 
 The encoder size is read from the file (embedding width and block count), so the vits file and
 the larger vitb / vitl files load through the same function; the giant (vitg, SwiGLU MLP) is not
-supported.
+supported. The metric-depth fine-tunes (``depth_anything_v2_metric_*``) share the vitl key layout
+but predict distance (far = large) through a different head activation; they are not supported
+and would give inverted maps.
 """
 from __future__ import annotations
 
