@@ -23,7 +23,9 @@ def canny(
     batch = to_batch_uint8(images)
     # cv2.Canny on 3 channels takes the strongest channel gradient, so colour-only edges survive.
     padded, fit = fit_to_resolution(batch, resolution)
+    # threads=False: cv2.Canny already spreads one frame over all cores.
     edges = map_frames(
-        lambda frame: cv2.Canny(frame, low_threshold, high_threshold, L2gradient=bool(l2_gradient)), padded
+        lambda frame: cv2.Canny(frame, low_threshold, high_threshold, L2gradient=bool(l2_gradient)), padded,
+        threads=False,
     )
     return gray_to_rgb(fit.restore(edges[..., None]))

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import AnnotatorInputError, gray_to_rgb, map_frames, to_batch_uint8
+from .common import AnnotatorInputError, gray_to_rgb, to_batch_uint8
 
 MODELS_DIR_ENV = "ANNOTATORS_MODELS_DIR"
 
@@ -83,8 +83,9 @@ def pose_render(
     sizes = sorted({(frame["canvas_height"], frame["canvas_width"]) for frame in frames})
     if len(sizes) > 1:  # frames of different canvas sizes cannot form one IMAGE batch
         raise AnnotatorInputError(f"pose keypoints: expected frames of one canvas size, found sizes {sizes}")
-    maps = map_frames(
-        lambda frame: module.render_pose(frame, draw_body=draw_body, draw_hands=draw_hands, draw_face=draw_face), frames
+    # Drawing is mostly Python-level work under the GIL, so a thread pool would not help here.
+    maps = np.stack(
+        [module.render_pose(frame, draw_body=draw_body, draw_hands=draw_hands, draw_face=draw_face) for frame in frames]
     )
     return AnnotatorResult(maps, frames)
 

@@ -27,4 +27,5 @@ def blur(images: np.ndarray, *, resolution: int = 512, sigma: float = 5.0) -> np
     if sigma <= 0:
         return batch.copy()
     padded, fit = fit_to_resolution(batch, resolution)
-    return fit.restore(map_frames(lambda frame: cv2.GaussianBlur(frame, (0, 0), float(sigma)), padded))
+    blurred = map_frames(lambda frame: cv2.GaussianBlur(frame, (0, 0), float(sigma)), padded, threads=False)
+    return fit.restore(blurred)

@@ -12,10 +12,17 @@ import numpy as np
 _MAX_WORKERS = max(1, min(16, os.cpu_count() or 1))
 
 
-def map_frames(function: Callable[[np.ndarray], np.ndarray], frames: Sequence[np.ndarray]) -> np.ndarray:
-    """Apply ``function`` to every frame (in parallel threads) and stack the results."""
-    if len(frames) == 1:
-        return function(frames[0])[None]
+def map_frames(
+    function: Callable[[np.ndarray], np.ndarray], frames: Sequence[np.ndarray], *, threads: bool = True
+) -> np.ndarray:
+    """Apply ``function`` to every frame and stack the results.
+
+    ``threads`` runs frames in parallel threads: right for single-threaded kernels (LSD, Hough,
+    numpy reductions). Kernels OpenCV already parallelises inside (Canny, blurs, resize, remap)
+    are faster with ``threads=False``: stacking both oversubscribes the cores.
+    """
+    if len(frames) == 1 or not threads:
+        return np.stack([function(frame) for frame in frames])
     with ThreadPoolExecutor(max_workers=min(_MAX_WORKERS, len(frames))) as pool:
         return np.stack(list(pool.map(function, frames)))
 
