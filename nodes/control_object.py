@@ -95,7 +95,8 @@ def load_file(path: str, display_name: str, progress: Callable[[int], None] | No
         cached = _FILE_CACHE.get(key)
         if cached is not None:
             return cached
-        model = load_controlnet(path, dtype=dtype, device=str(comfy.model_management.unet_offload_device()))
+        with torch.inference_mode(False):  # normal tensors: see control_units.outside_inference
+            model = load_controlnet(path, dtype=dtype, device=str(comfy.model_management.unet_offload_device()))
         if progress:
             progress(1)
         loaded = wrap_model(model, display_name, dtype, load_device)
@@ -122,8 +123,14 @@ def from_host_controlnet(control: Any) -> LoadedControlNet | None:
         if cached is not None:
             return cached
         dtype = control.manual_cast_dtype or module.dtype
+        state_dict = module.state_dict()
+        if any(t.is_inference() for t in state_dict.values()):
+            # Loaded inside a node (inference mode): copy to normal tensors for the core's hint cache.
+            with torch.inference_mode(False):
+                state_dict = {k: v.clone() for k, v in state_dict.items()}
         try:
-            model = load_controlnet(module.state_dict(), dtype=dtype, device="cpu")
+            with torch.inference_mode(False):
+                model = load_controlnet(state_dict, dtype=dtype, device="cpu")
         except ValueError as exc:  # core cannot read it: stay on the host path
             log.info("ControlNet from the host loader stays on the host path: %s", exc)
             return None
@@ -141,6 +148,7 @@ class PackControl(comfy.controlnet.ControlBase):
         # Set only on objects straight out of our loader: used when the host's apply node sets a hint.
         self.source = source
         self._stack: ControlStack | None = None
+        self._run_units: list[ControlUnit] = []
         self._entry_ranges: dict[int, tuple[float, float]] = {}
         self._model_sampling = None
         self._base_name = "the base model"
@@ -181,7 +189,8 @@ class PackControl(comfy.controlnet.ControlBase):
         self._expected_channels = unet_skip_channels(unet_config)
         entries = []
         self._entry_ranges = {}
-        for unit in self.effective_units():
+        self._run_units = self.effective_units()
+        for unit in self._run_units:
             loaded: LoadedControlNet = unit.net
             cfg = loaded.model.config
             check_controlnet_fits_unet(loaded.name, cfg.family, cfg.residual_channels(), cfg.context_dim,
@@ -206,7 +215,7 @@ class PackControl(comfy.controlnet.ControlBase):
             sigma_start, sigma_end = self._entry_ranges[id(entry)]
             return sigma_in_range(sigma, sigma_start, sigma_end)
 
-        loaded = [unit.net for unit in self.effective_units()]
+        loaded = [unit.net for unit in self._run_units]
         dtype = loaded[0].dtype
         ms = self._model_sampling
         timestep = ms.timestep(t).to(dtype)
@@ -227,6 +236,7 @@ class PackControl(comfy.controlnet.ControlBase):
 
     def cleanup(self) -> None:
         self._stack = None  # drops the cached hint embeddings with it
+        self._run_units = []
         self._entry_ranges = {}
         self._model_sampling = None
         super().cleanup()

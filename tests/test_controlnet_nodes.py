@@ -284,3 +284,15 @@ def test_cleanup_drops_cached_state_and_chains(nodes):
     control.cleanup()
     assert cleaned == [True] and control._stack is None
     assert control.inference_memory_requirements(torch.float32) == 123
+
+
+def test_works_under_inference_mode_like_the_host(nodes):
+    """The host runs nodes and the sampler under torch.inference_mode(): images, masks and weights
+    made there are inference tensors, which lack the version counter a cache key might read."""
+    with torch.inference_mode():
+        control_net, = nodes.LoadControlNet().load("pose.safetensors")
+        image, mask = torch.rand(1, 32, 32, 3), torch.ones(1, 32, 32)
+        positive, _ = nodes.ApplyControlNet().apply(conditioning(), conditioning(), control_net, image, 1.0, 0.0, 1.0,
+                                                    mask=mask)
+        out, _, _ = run_control(positive[0][1]["control"], torch.randn(2, 4, LATENT, LATENT), 3.0)
+    assert torch.count_nonzero(out["middle"][0]) > 0
