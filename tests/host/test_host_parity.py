@@ -55,7 +55,8 @@ def run(host, positive, sigma: float, seed: int = 0):
     x, context = control_inputs(seed)
     t = torch.full((x.shape[0],), sigma)
     try:
-        return control.get_control(x, t, {"c_crossattn": context}, 2, {"cond_or_uncond": [0, 1]})
+        with torch.inference_mode():  # as the host's sampler calls it
+            return control.get_control(x, t, {"c_crossattn": context}, 2, {"cond_or_uncond": [0, 1]})
     finally:
         control.cleanup()
 
