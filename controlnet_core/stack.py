@@ -84,8 +84,8 @@ class ControlEntry:
     def hint_embedding(self, latent_h: int, latent_w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """input_hint_block output for this latent size, computed once and reused across steps; the
         key holds everything it depends on, so a new image, size, dtype or device recomputes it."""
-        key = (id(self.image), self.image._version, latent_h, latent_w, dtype, device, self.resize_mode,
-               self.interpolation, self.model.input_hint_block[0].weight._version)
+        key = (id(self.image), _version_of(self.image), latent_h, latent_w, dtype, device, self.resize_mode,
+               self.interpolation, _version_of(self.model.input_hint_block[0].weight))
         if key not in self._hint_cache:
             hint = prepare_hint(self.image, latent_h * HINT_DOWNSCALE, latent_w * HINT_DOWNSCALE, self.resize_mode,
                                 self.model.config.hint_channels, self.interpolation)
@@ -106,6 +106,12 @@ class ControlEntry:
     def clear_cache(self) -> None:
         self._hint_cache = {}
         self._mask_cache = {}
+
+
+def _version_of(tensor: torch.Tensor) -> int:
+    """In-place edit counter. Inference tensors (ComfyUI runs nodes under torch.inference_mode) keep
+    none, and cannot be edited outside inference mode, so they count as never edited."""
+    return 0 if tensor.is_inference() else tensor._version
 
 
 def _expand_batch(tensor: torch.Tensor, per_chunk: int, chunks: int, what: str) -> torch.Tensor:

@@ -250,3 +250,14 @@ def test_resize_and_fill_letterboxes_with_the_edge_median():
     assert torch.all(out[..., :16, :] == 0.25) and torch.all(out[..., 48:, :] == 0.25)
     assert out[0, 0, 32, 32] == 1.0
     assert math.isclose(float(out[0, 0, 16, 0]), 0.25)
+
+
+def test_stack_runs_on_inference_tensors(model, inputs):
+    # The host runs nodes and the sampler under torch.inference_mode(): images arrive as inference tensors.
+    with torch.inference_mode():
+        image = image_of(inputs.hint) * 1.0
+        stack = ControlStack([ControlEntry(model, image)])
+        first = stack.residuals(inputs.x, inputs.timesteps, inputs.context)
+        second = stack.residuals(inputs.x, inputs.timesteps, inputs.context)
+    assert image.is_inference()
+    assert torch.equal(first.mid, second.mid)
