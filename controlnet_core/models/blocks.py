@@ -153,7 +153,9 @@ class SpatialTransformer(nn.Module):
             h = block(h, context)
         if self.use_linear:
             h = self.proj_out(h)
-        h = h.transpose(1, 2).reshape(batch, -1, height, width)
+        # contiguous: the reshape is a view with channels-last strides, which then spread to every later
+        # block and residual and changed kernels (results ~1e-5 off diffusers/ComfyUI, which copy here too).
+        h = h.transpose(1, 2).reshape(batch, -1, height, width).contiguous()
         if not self.use_linear:
             h = self.proj_out(h)
         return h + x
