@@ -10,7 +10,15 @@ with our MultiControlStack (the order rotates per round). Per round:
     overhead per step = (time with controls − time without) / steps
     ratio             = our overhead / host overhead
 
-The report gives the median ratio, the median overheads, the peak extra resident memory of each
+On a shared machine whole-run times are noisy (another process can slow one run by 2×), so two
+finer measures come with it:
+
+- control time per step inside the real KSampler runs: the outermost control object's get_control
+  is timed (it includes the chained ControlNet), summed per run, divided by steps;
+- interleaved calls: get_control of host and ours alternately on the same inputs (x batch 2 =
+  cond + uncond, sigma of each step), many short alternations, median ratio.
+
+The report gives these ratios, the median overheads, the peak extra resident memory of each
 variant (sampled RSS above the level before the run) and the relative max difference of the final
 latents ours vs host (parity must hold while we are faster).
 """
@@ -60,11 +68,58 @@ class PeakRss:
         return (self.peak - self.start) / 2**20
 
 
+def timed(function, total: list[float]):
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - started
+    return wrapper
+
+
+def interleaved_get_control(model, variants: dict, latent: int, calls: int) -> dict:
+    """get_control of host and ours alternately on identical sampler-shaped inputs."""
+    import torch
+
+    base = model.model
+    sampling = base.model_sampling
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, latent, latent, generator=generator)
+    context = torch.cat([variants["plain"][0][0][0], variants["plain"][1][0][0]])
+    sigma = torch.full((2,), float(sampling.percent_to_sigma(0.3)))
+    controls = {name: variants[name][0][0][1]["control"] for name in ("host", "ours")}
+    seconds: dict[str, list[float]] = {"host": [], "ours": []}
+    outputs = {}
+    for control in controls.values():
+        control.pre_run(base, lambda percent: sampling.percent_to_sigma(percent))
+    try:
+        with torch.inference_mode():
+            for name, control in controls.items():  # warm-up: hint resize (host), hint embedding (ours)
+                control.get_control(x, sigma, {"c_crossattn": context}, 2, {"cond_or_uncond": [0, 1]})
+            for call in range(calls):
+                for name in (("host", "ours") if call % 2 == 0 else ("ours", "host")):
+                    started = time.perf_counter()
+                    outputs[name] = controls[name].get_control(x, sigma, {"c_crossattn": context}, 2,
+                                                               {"cond_or_uncond": [0, 1]})
+                    seconds[name].append(time.perf_counter() - started)
+    finally:
+        for control in controls.values():
+            control.cleanup()
+    ratios = [o / h for o, h in zip(seconds["ours"], seconds["host"])]
+    worst = max(((a - b).abs().max() / b.abs().max()).item()
+                for a, b in zip(outputs["ours"]["output"] + outputs["ours"]["middle"],
+                                outputs["host"]["output"] + outputs["host"]["middle"]))
+    return {"median_seconds": {k: statistics.median(v) for k, v in seconds.items()},
+            "median_ratio": statistics.median(ratios), "calls": calls, "residual_relative_max_difference": worst}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", type=int, default=256, help="image size in pixels (latent = size / 8)")
+    parser.add_argument("--calls", type=int, default=8, help="interleaved get_control calls per variant")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "bench_host.json")
     args = parser.parse_args()
 
@@ -109,6 +164,10 @@ def main() -> None:
     our_conds = ours.MultiControlStack().apply(positive, negative, None, **slots)[:2]
 
     variants = {"plain": (positive, negative), "host": host_conds, "ours": our_conds}
+    control_seconds = {"host": [0.0], "ours": [0.0]}
+    for name in ("host", "ours"):
+        top = variants[name][0][0][1]["control"]  # shared by positive and negative
+        top.get_control = timed(top.get_control, control_seconds[name])
 
     def sample(conds):
         return host_nodes.common_ksampler(model, 1, args.steps, 7.0, "euler", "normal", conds[0], conds[1], latent,
@@ -118,6 +177,7 @@ def main() -> None:
     sample(variants["host"])
     sample(variants["ours"])
 
+    control_per_step: dict[str, list[float]] = {"host": [], "ours": []}
     times: dict[str, list[float]] = {name: [] for name in variants}
     peaks: dict[str, list[float]] = {name: [] for name in variants}
     latents: dict[str, torch.Tensor] = {}
@@ -125,29 +185,41 @@ def main() -> None:
     for round_index in range(args.rounds):
         for name in order[round_index % 3:] + order[:round_index % 3]:  # rotate who runs first
             comfy.model_management.soft_empty_cache()
+            if name in control_seconds:
+                control_seconds[name][0] = 0.0
             with PeakRss() as peak:
                 started = time.perf_counter()
                 latents[name] = sample(variants[name])
                 times[name].append(time.perf_counter() - started)
             peaks[name].append(peak.extra_mib)
+            if name in control_seconds:
+                control_per_step[name].append(control_seconds[name][0] / args.steps)
         print(f"round {round_index + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
 
     overhead = {name: [(t - plain) / args.steps for t, plain in zip(times[name], times["plain"])]
                 for name in ("host", "ours")}
     ratios = [o / h for o, h in zip(overhead["ours"], overhead["host"])]
     parity = ((latents["ours"] - latents["host"]).abs().max() / latents["host"].abs().max()).item()
+    control_ratios = [o / h for o, h in zip(control_per_step["ours"], control_per_step["host"])]
+    interleaved = interleaved_get_control(model, variants, args.size // 8, args.calls)
     report = {
         "device": str(comfy.model_management.get_torch_device()), "threads": torch.get_num_threads(),
         "size": args.size, "steps": args.steps, "rounds": args.rounds,
         "seconds": times, "overhead_per_step_s": overhead,
         "median_overhead_per_step_s": {k: statistics.median(v) for k, v in overhead.items()},
         "median_ratio_ours_over_host": statistics.median(ratios), "ratios": ratios,
+        "control_seconds_per_step": control_per_step,
+        "median_control_seconds_per_step": {k: statistics.median(v) for k, v in control_per_step.items()},
+        "median_control_ratio_in_ksampler": statistics.median(control_ratios),
+        "interleaved_get_control": interleaved,
         "peak_extra_rss_mib": {k: max(v) for k, v in peaks.items()},
         "final_latent_relative_max_difference": parity,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(json.dumps({k: report[k] for k in ("median_overhead_per_step_s", "median_ratio_ours_over_host",
+                                             "median_control_seconds_per_step", "median_control_ratio_in_ksampler",
+                                             "interleaved_get_control",
                                              "peak_extra_rss_mib", "final_latent_relative_max_difference")},
                      indent=1))
     print(f"written to {os.path.relpath(args.out)}")

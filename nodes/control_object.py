@@ -95,8 +95,7 @@ def load_file(path: str, display_name: str, progress: Callable[[int], None] | No
         cached = _FILE_CACHE.get(key)
         if cached is not None:
             return cached
-        with torch.inference_mode(False):  # normal tensors: see control_units.outside_inference
-            model = load_controlnet(path, dtype=dtype, device=str(comfy.model_management.unet_offload_device()))
+        model = load_controlnet(path, dtype=dtype, device=str(comfy.model_management.unet_offload_device()))
         if progress:
             progress(1)
         loaded = wrap_model(model, display_name, dtype, load_device)
@@ -123,14 +122,9 @@ def from_host_controlnet(control: Any) -> LoadedControlNet | None:
         if cached is not None:
             return cached
         dtype = control.manual_cast_dtype or module.dtype
-        state_dict = module.state_dict()
-        if any(t.is_inference() for t in state_dict.values()):
-            # Loaded inside a node (inference mode): copy to normal tensors for the core's hint cache.
-            with torch.inference_mode(False):
-                state_dict = {k: v.clone() for k, v in state_dict.items()}
         try:
-            with torch.inference_mode(False):
-                model = load_controlnet(state_dict, dtype=dtype, device="cpu")
+            # Same dtype: the core model shares the host module's tensors (no copy).
+            model = load_controlnet(module.state_dict(), dtype=dtype, device="cpu")
         except ValueError as exc:  # core cannot read it: stay on the host path
             log.info("ControlNet from the host loader stays on the host path: %s", exc)
             return None

@@ -39,17 +39,6 @@ def soft_injection_weights(residual_count: int) -> list[float]:
     return [SOFT_INJECTION_BASE ** float(last - i) for i in range(residual_count)]
 
 
-def outside_inference(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    """A normal-tensor copy of an inference tensor (the host runs nodes under torch.inference_mode()).
-
-    Needed while controlnet_core's hint cache reads `tensor._version`, which inference tensors lack
-    (see /work/plan/core_notes.md); images and masks are small, so the copy is cheap."""
-    if tensor is None or not tensor.is_inference():
-        return tensor
-    with torch.inference_mode(False):
-        return tensor.clone()
-
-
 def normalise_mode(mode: str) -> str:
     mode = MODE_ALIASES.get(mode, mode)
     if mode not in CONTROL_MODES:
@@ -99,8 +88,6 @@ class ControlUnit:
             raise InputError(
                 f"{name}: expected 0 ≤ start_percent ≤ end_percent ≤ 1, found start {self.start}, end {self.end}")
         object.__setattr__(self, "mode", normalise_mode(self.mode))
-        object.__setattr__(self, "image", outside_inference(self.image))
-        object.__setattr__(self, "mask", outside_inference(self.mask))
         # Mask size and batch are checked by controlnet_core (prepare_mask) against the image and the
         # generation size, which is only known at sampling time.
 
