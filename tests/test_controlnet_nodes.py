@@ -305,3 +305,27 @@ def test_works_under_inference_mode_like_the_host(nodes):
                                                     mask=mask)
         out, _, _ = run_control(positive[0][1]["control"], torch.randn(2, 4, LATENT, LATENT), 3.0)
     assert torch.count_nonzero(out["middle"][0]) > 0
+
+
+def test_control_the_core_cannot_run_stays_on_the_host_path(nodes):
+    """E.g. a T2I-Adapter from the host's loader: chained like the host's apply node; no mask or mode."""
+    import comfy.controlnet  # the stub, installed by the nodes fixture
+
+    class Adapter(comfy.controlnet.ControlBase):
+        def copy(self):
+            copied = Adapter()
+            self.copy_to(copied)
+            return copied
+
+    adapter, image = Adapter(), torch.rand(1, 32, 32, 3)
+    previous = RecordingControl(0.1)
+    positive, negative = nodes.ApplyControlNet().apply(conditioning(previous), conditioning(previous), adapter, image,
+                                                       0.7, 0.2, 0.9)
+    control = positive[0][1]["control"]
+    assert type(control) is Adapter and control is negative[0][1]["control"]
+    assert control.previous_controlnet is previous and control.strength == 0.7
+    assert control.timestep_percent_range == (0.2, 0.9)
+    assert torch.equal(control.cond_hint_original, image.movedim(-1, 1))
+    with pytest.raises(nodes.InputError, match="no mask or control mode"):
+        nodes.ApplyControlNet().apply(conditioning(), conditioning(), adapter, image, 1.0, 0.0, 1.0,
+                                      mask=torch.ones(32, 32))
