@@ -140,3 +140,31 @@ def import_nodes(monkeypatch, controlnet_folder: Path):
     monkeypatch.setitem(sys.modules, PACK_NAME, package)
     monkeypatch.setitem(sys.modules, f"{PACK_NAME}.nodes", nodes_package)
     return importlib.import_module(f"{PACK_NAME}.nodes.controlnet_nodes")
+
+
+def import_preprocessor_nodes(monkeypatch, tmp_path: Path):
+    """Import nodes/preprocessor_nodes.py against the stub plus what it uses on top of it: a models
+    dir, model folder registration, a temp dir, save paths and a recording progress bar.
+    Returns (module, registered folders by name, recorded progress updates)."""
+    import_nodes(monkeypatch, tmp_path / "controlnet")  # installs the stub modules and the package
+    folder_paths = sys.modules["folder_paths"]
+    folder_paths.models_dir = str(tmp_path / "models")
+    registered: dict[str, list[str]] = {}
+    folder_paths.add_model_folder_path = lambda name, path, is_default=False: registered.setdefault(name, []).append(path)
+    folder_paths.get_folder_paths = lambda name: list(registered.get(name, []))
+    (tmp_path / "temp").mkdir(exist_ok=True)
+    folder_paths.get_temp_directory = lambda: str(tmp_path / "temp")
+    folder_paths.get_save_image_path = lambda prefix, output_dir, width=0, height=0: (output_dir, prefix, 1, "", prefix)
+    sys.modules["comfy.model_management"].throw_exception_if_processing_interrupted = lambda: None
+    progress: list[tuple[int, int]] = []
+
+    class RecordingProgressBar:
+        def __init__(self, total, node_id=None):
+            self.total = total
+
+        def update_absolute(self, value, total=None, preview=None):
+            progress.append((value, total or self.total))
+
+    sys.modules["comfy.utils"].ProgressBar = RecordingProgressBar
+    module = importlib.import_module(f"{PACK_NAME}.nodes.preprocessor_nodes")
+    return module, registered, progress

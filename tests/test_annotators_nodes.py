@@ -1,8 +1,6 @@
 """nodes/preprocessor_nodes.py without a host, against the stand-in modules of tests/comfy_stub.py."""
 from __future__ import annotations
 
-import importlib
-import sys
 import types
 from pathlib import Path
 
@@ -10,34 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_stub import PACK_NAME, import_nodes
+from comfy_stub import import_preprocessor_nodes
 
 
 @pytest.fixture
 def host(monkeypatch, tmp_path):
-    """The stub host (tests/comfy_stub.py) plus what the preprocessor nodes use on top of it:
-    a models dir, model folder registration, a temp dir, save paths and a recording progress bar."""
-    import_nodes(monkeypatch, tmp_path / "controlnet")  # installs the stub modules and the package
-    folder_paths = sys.modules["folder_paths"]
-    folder_paths.models_dir = str(tmp_path / "models")
-    registered: dict[str, list[str]] = {}
-    folder_paths.add_model_folder_path = lambda name, path, is_default=False: registered.setdefault(name, []).append(path)
-    folder_paths.get_folder_paths = lambda name: list(registered.get(name, []))
-    (tmp_path / "temp").mkdir()
-    folder_paths.get_temp_directory = lambda: str(tmp_path / "temp")
-    folder_paths.get_save_image_path = lambda prefix, output_dir, width=0, height=0: (output_dir, prefix, 1, "", prefix)
-    sys.modules["comfy.model_management"].throw_exception_if_processing_interrupted = lambda: None
-    progress: list[tuple[int, int]] = []
-
-    class RecordingProgressBar:
-        def __init__(self, total, node_id=None):
-            self.total = total
-
-        def update_absolute(self, value, total=None, preview=None):
-            progress.append((value, total or self.total))
-
-    sys.modules["comfy.utils"].ProgressBar = RecordingProgressBar
-    nodes = importlib.import_module(f"{PACK_NAME}.nodes.preprocessor_nodes")
+    nodes, registered, progress = import_preprocessor_nodes(monkeypatch, tmp_path)
     return types.SimpleNamespace(nodes=nodes, tmp=tmp_path, progress=progress, registered=registered)
 
 

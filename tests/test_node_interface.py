@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-from comfy_stub import import_nodes
+from comfy_stub import import_nodes, import_preprocessor_nodes
 
 SNAPSHOT = Path(__file__).parent / "node_interface_snapshot.json"
 CONNECTION_TYPES = {"CONDITIONING", "CONTROL_NET", "IMAGE", "MASK", "CONTROLNET_PACK_STACK"}
@@ -51,8 +52,17 @@ def nodes(monkeypatch, tmp_path):
     return import_nodes(monkeypatch, tmp_path)
 
 
-def test_interface_matches_snapshot(nodes):
-    current = interface_of(nodes.NODE_CLASS_MAPPINGS, nodes.NODE_DISPLAY_NAME_MAPPINGS)
+@pytest.fixture
+def all_mappings(monkeypatch, tmp_path):
+    """Every node of the pack: the ControlNet nodes and the preprocessor nodes."""
+    preprocessors, _, _ = import_preprocessor_nodes(monkeypatch, tmp_path)
+    controlnet = sys.modules[preprocessors.__name__.rsplit(".", 1)[0] + ".controlnet_nodes"]
+    return ({**controlnet.NODE_CLASS_MAPPINGS, **preprocessors.NODE_CLASS_MAPPINGS},
+            {**controlnet.NODE_DISPLAY_NAME_MAPPINGS, **preprocessors.NODE_DISPLAY_NAME_MAPPINGS})
+
+
+def test_interface_matches_snapshot(all_mappings):
+    current = interface_of(*all_mappings)
     if os.environ.get("UPDATE_NODE_SNAPSHOT"):
         SNAPSHOT.write_text(json.dumps(current, indent=1, ensure_ascii=False) + "\n")
     saved = json.loads(SNAPSHOT.read_text())
