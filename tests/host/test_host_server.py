@@ -174,3 +174,28 @@ def test_bad_input_fails_the_prompt_clearly_and_the_next_prompt_runs(server):
     assert "control could not be applied" not in server.log()
     good = server.run_prompt(with_our_apply(base_prompt(steps=1), POSE, "pose_image", 1.0))
     assert good["ok"], good["error"]
+
+
+def test_preprocessor_nodes_run_in_the_host_with_a_preview(server):
+    from PIL import Image
+
+    prompt = {
+        "photo": {"class_type": "LoadImage", "inputs": {"image": "example_depth.png"}},
+        "edges": {"class_type": f"{OURS}Preprocessor",
+                  "inputs": {"image": ["photo", 0], "preprocessor": "canny", "resolution": 256}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["edges", 0], "filename_prefix": "maps/canny"}},
+    }
+    result = server.run_prompt(prompt)
+    assert result["ok"], result["error"]
+    assert result["outputs"]["edges"]["images"], "the control map is previewed on the node"
+    saved = result["outputs"]["save"]["images"][0]
+    with Image.open(Path(server.base) / "output" / saved["subfolder"] / saved["filename"]) as image:
+        assert image.size == (256, 256)  # the input's own size
+
+    # A neural type without its weights fails the prompt naming the file and the folder; the next prompt runs.
+    prompt["edges"]["inputs"]["preprocessor"] = "openpose"
+    missing = server.run_prompt(prompt)
+    assert not missing["ok"]
+    assert "body_pose_model.pth" in missing["error"] and "annotators" in missing["error"], missing["error"][:600]
+    prompt["edges"]["inputs"]["preprocessor"] = "lines"
+    assert server.run_prompt(prompt)["ok"]
