@@ -6,6 +6,9 @@ with random weights; generation is 256×256 (latent 32×32) with 1–2 steps to 
 from __future__ import annotations
 
 import json
+import re
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -199,3 +202,17 @@ def test_preprocessor_nodes_run_in_the_host_with_a_preview(server):
     assert "body_pose_model.pth" in missing["error"] and "annotators" in missing["error"], missing["error"][:600]
     prompt["edges"]["inputs"]["preprocessor"] = "lines"
     assert server.run_prompt(prompt)["ok"]
+
+
+def test_web_extension_imports_resolve_on_the_server(server):
+    """Each relative import of the front-end files must reach a real file where the host serves them
+    (a wrong number of '../' loads nothing and the UI only logs 'Error loading extension')."""
+    listed = [path for path in server.get("/extensions") if path.endswith("/js/controlnet_pack.js")]
+    assert listed, "the pack's web extension is not listed by the host"
+    source = (host_env.REPO_ROOT / "web" / "js" / "controlnet_pack.js").read_text()
+    imports = re.findall(r'^import .* from "([^"]+)";', source, flags=re.M)
+    assert imports
+    for target in imports:
+        resolved = urllib.parse.urljoin(server.url + listed[0], target)
+        with urllib.request.urlopen(resolved, timeout=30) as response:
+            assert response.status == 200, resolved

@@ -2,7 +2,7 @@
 //  - MultiControlStack gets a "pose + depth" preset button and dims the widgets of entries that are off;
 //  - the pack's nodes share one colour so they are easy to spot in a large graph.
 // Nothing here changes what a workflow stores: the button is not serialised.
-import { app } from "../../scripts/app.js";
+import { app } from "../../../scripts/app.js";  // served at /extensions/<pack>/js/
 
 const PREFIX = "ControlNetPack_";
 const STACK = PREFIX + "MultiControlStack";
