@@ -261,3 +261,12 @@ def test_stack_runs_on_inference_tensors(model, inputs):
         second = stack.residuals(inputs.x, inputs.timesteps, inputs.context)
     assert image.is_inference()
     assert torch.equal(first.mid, second.mid)
+
+
+def test_context_batch_of_one_serves_every_latent(model, inputs):
+    with torch.no_grad():
+        shared = model(inputs.x, inputs.hint, inputs.timesteps, inputs.context[:1])
+        repeated = model(inputs.x, inputs.hint, inputs.timesteps, inputs.context[:1].expand(2, -1, -1).contiguous())
+    torch.testing.assert_close(shared.mid, repeated.mid, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="text context has batch 3"):
+        model(inputs.x, inputs.hint, inputs.timesteps, inputs.context[:1].expand(3, -1, -1))

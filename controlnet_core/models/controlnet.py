@@ -130,6 +130,16 @@ class ControlNetModel(nn.Module):
             if y.shape[-1] != cfg.adm_in_channels:
                 raise InputError(f"ControlNet ({cfg.family}) `y`: expected B×{cfg.adm_in_channels}, found {tuple(y.shape)}")
 
+    @staticmethod
+    def _match_batch(tensor: torch.Tensor, batch: int, what: str) -> torch.Tensor:
+        """A batch of 1 serves every latent; otherwise the batches must be equal."""
+        if tensor.shape[0] == batch:
+            return tensor
+        if tensor.shape[0] == 1:
+            return tensor.expand(batch, *tensor.shape[1:])
+        raise InputError(f"ControlNet {what} has batch {tensor.shape[0]} but the latent has batch {batch}: "
+                         "expected 1 or the same batch")
+
     def forward(self, x: torch.Tensor, hint: torch.Tensor | None, timesteps: torch.Tensor, context: torch.Tensor,
                 y: torch.Tensor | None = None, *, hint_embedding: torch.Tensor | None = None) -> Residuals:
         self.check_inputs(x, context, y)
@@ -142,10 +152,11 @@ class ControlNetModel(nn.Module):
                              f"{tuple(x.shape[-2:])}: the hint must be 8× the latent size")
 
         dtype = self.dtype
+        context = self._match_batch(context, x.shape[0], "text context")
         x, context = x.to(dtype), context.to(dtype)
         emb = self.time_embed(timestep_embedding(timesteps.reshape(-1), self.config.model_channels).to(dtype))
         if self.config.adm_in_channels is not None:
-            emb = emb + self.label_emb(y.to(dtype))
+            emb = emb + self.label_emb(self._match_batch(y, x.shape[0], "`y`").to(dtype))
 
         down: list[torch.Tensor] = []
         h = x
