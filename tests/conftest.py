@@ -1,4 +1,4 @@
-"""Suite-wide settings. The test models are tiny: one intra-op thread avoids OpenMP spin contention
+"""Suite-wide settings (the only place that sets them). The test models are tiny: one intra-op thread avoids OpenMP spin contention
 that made their forwards 10-30× slower on a busy 2-core machine."""
 import pytest
 import torch

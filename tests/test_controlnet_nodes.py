@@ -33,15 +33,6 @@ def tiny_state_dict(seed: int, config: ControlNetConfig = TINY) -> dict[str, tor
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny forwards on a busy 2-core box run far faster on one intra-op thread (no OpenMP spinning)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def folder(tmp_path):
     folder = tmp_path / "controlnet"

@@ -35,16 +35,6 @@ from tests.factories import (
 RELATIVE_TOLERANCE = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread: these models are tiny, and on a busy 2-core machine OpenMP threads
-    spinning against each other made forwards 10-30x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def assert_matches(ours: torch.Tensor, reference: torch.Tensor, what: str) -> None:
     assert ours.shape == reference.shape, f"{what}: shape {tuple(ours.shape)} vs diffusers {tuple(reference.shape)}"
     scale = max(1.0, float(reference.abs().max()))

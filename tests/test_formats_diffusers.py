@@ -108,14 +108,9 @@ def test_layers_per_block_is_read_from_the_keys():
 
     ours = controlnet_core.load_controlnet(state, overrides=tiny_config("sd1").overrides)
     inputs = make_inputs("sd1", seed=8)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            down, mid = model(inputs.x, inputs.timesteps, inputs.context, inputs.hint, return_dict=False)
-            residuals = ours(inputs.x, inputs.hint, inputs.timesteps, inputs.context)
-    finally:
-        torch.set_num_threads(previous)
+    with torch.no_grad():
+        down, mid = model(inputs.x, inputs.timesteps, inputs.context, inputs.hint, return_dict=False)
+        residuals = ours(inputs.x, inputs.hint, inputs.timesteps, inputs.context)
     assert len(residuals.down) == len(down) == 6
     for a, b in zip(residuals.down + [residuals.mid], list(down) + [mid]):
         assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max()))
