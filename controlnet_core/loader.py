@@ -6,6 +6,7 @@ dtype is kept unless the caller asks for a compute dtype.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Mapping
@@ -22,6 +23,8 @@ from .models.controlnet import HINT_BLOCK_CONVS, ControlNetModel
 StateDictSource = str | os.PathLike | Mapping[str, torch.Tensor]
 # The last input_hint_block conv: index of the eighth conv once SiLUs sit between them.
 LAST_HINT_CONV = 2 * (len(HINT_BLOCK_CONVS) - 1)
+# Parts a ControlNet has and its base UNet does not.
+CONTROLNET_ONLY_PREFIXES = ("zero_convs.", "middle_block_out.", "input_hint_block.")
 
 
 def _to_ldm(state_dict: Mapping[str, torch.Tensor], source: str):
@@ -108,11 +111,12 @@ def from_unet(unet_state_dict: Mapping[str, torch.Tensor], *, hint_channels: int
     config = infer_config(shapes, "base UNet", overrides)
     dtype = _dominant_float_dtype(encoder)
     model = ControlNetModel(config, dtype=dtype)
-    missing = set(model.state_dict()) - set(encoder) - {k for k in model.state_dict()
-                                                         if k.startswith(("zero_convs.", "middle_block_out.", "input_hint_block."))}
-    if missing:
-        raise CheckpointError(f"base UNet is missing encoder tensors: {sorted(missing)[:4]}")
-    model.load_state_dict(encoder, strict=False)
+    loaded = model.load_state_dict(encoder, strict=False)
+    # Only the ControlNet's own parts may be absent from a UNet; they are initialised below.
+    missing = [k for k in loaded.missing_keys if not k.startswith(CONTROLNET_ONLY_PREFIXES)]
+    if missing or loaded.unexpected_keys:
+        raise CheckpointError(f"base UNet does not match the encoder inferred from it: missing {missing[:4]}, "
+                              f"unexpected {loaded.unexpected_keys[:4]}")
     with torch.no_grad():
         zero_layers = [conv[0] for conv in model.zero_convs] + [model.middle_block_out[0],
                                                                 model.input_hint_block[LAST_HINT_CONV]]
@@ -136,7 +140,7 @@ def describe(source: StateDictSource) -> dict:
     latent = 128 if config.family == "sdxl" else 64
     channels, scales = config.residual_channels(), config.residual_downscale()
     residual_shapes = [(c, latent // f, latent // f) for c, f in zip(channels, scales)]
-    parameters = sum(_numel(s) for s in control.values())
+    parameters = sum(math.prod(s) for s in control.values())
     layout = info.layout + (" (control_model. prefix)" if info.prefixed else "") + \
         (", full training checkpoint" if info.training_checkpoint else "") + (", diff" if info.diff else "")
     size = Path(source).stat().st_size if isinstance(source, (str, os.PathLike)) else None
@@ -152,10 +156,3 @@ def describe(source: StateDictSource) -> dict:
         "file_bytes": size,
         "config": config.to_dict(),
     }
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count

@@ -96,11 +96,13 @@ class ControlEntry:
 
     def mask_at(self, latent_h: int, latent_w: int, height: int, width: int) -> torch.Tensor:
         """The mask resized to one residual's resolution (area averaging keeps soft edges honest)."""
+        full_key = (latent_h, latent_w)  # the mask at hint resolution, placed like the hint
+        if full_key not in self._mask_cache:
+            self._mask_cache[full_key] = prepare_mask(self.mask, tuple(self.image.shape[1:3]), latent_h * HINT_DOWNSCALE,
+                                                      latent_w * HINT_DOWNSCALE, self.resize_mode)
         key = (latent_h, latent_w, height, width)
         if key not in self._mask_cache:
-            full = prepare_mask(self.mask, tuple(self.image.shape[1:3]), latent_h * HINT_DOWNSCALE,
-                                latent_w * HINT_DOWNSCALE, self.resize_mode)
-            self._mask_cache[key] = F.interpolate(full, size=(height, width), mode="area")
+            self._mask_cache[key] = F.interpolate(self._mask_cache[full_key], size=(height, width), mode="area")
         return self._mask_cache[key]
 
     def clear_cache(self) -> None:
