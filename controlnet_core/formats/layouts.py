@@ -17,9 +17,6 @@ LDM_PREFIX = "control_model."
 LDM_MARKER = "zero_convs.0.0.weight"
 DIFFUSERS_MARKER = "controlnet_cond_embedding.conv_in.weight"
 DIFF_MARKER = "difference"
-# Keys of a training checkpoint that are not the ControlNet (UNet, VAE, text encoder, EMA, ...).
-TRAINING_EXTRAS = ("model.", "first_stage_model.", "cond_stage_model.", "conditioner.", "model_ema.", "lvlb_", "betas",
-                   "alphas", "sqrt_", "log_one_minus", "posterior_")
 # The base UNet parts a diff ControlNet stores as deltas (hint block and zero convs are stored in full).
 UNET_ENCODER_PREFIXES = ("input_blocks.", "middle_block.", "time_embed.", "label_emb.")
 
