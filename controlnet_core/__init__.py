@@ -2,11 +2,11 @@
 
 Never imports ComfyUI. See load_controlnet, ControlNetModel.forward and ControlStack.
 """
-from .config import ControlNetConfig
+from .controlnet.config import ControlNetConfig
 from .errors import CheckpointError, ControlNetError, InputError
 from .hint import prepare_hint, prepare_mask
-from .loader import describe, from_unet, load_controlnet
-from .models import ControlNetModel, Residuals
+from .controlnet.loader import describe, from_unet, load_controlnet
+from .controlnet.model import ControlNetModel, Residuals
 from .stack import ControlEntry, ControlStack
 
 __all__ = [

@@ -6,7 +6,7 @@ import json
 import sys
 
 from .errors import ControlNetError
-from .loader import describe
+from .controlnet.loader import describe
 
 
 def _format(info: dict) -> str:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .hint import INTERPOLATIONS, RESIZE_MODES, as_image_batch, as_mask_batch, prepare_hint, prepare_mask
-from .models.controlnet import HINT_DOWNSCALE, ControlNetModel, Residuals
+from .controlnet.model import HINT_DOWNSCALE, ControlNetModel, Residuals
 
 MAX_STRENGTH = 10.0
 

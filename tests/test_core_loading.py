@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 import controlnet_core
 from controlnet_core import CheckpointError, InputError, describe, load_controlnet
-from controlnet_core.config import ControlNetConfig
+from controlnet_core.controlnet.config import ControlNetConfig
 from tests.factories import (
     make_diffusers_controlnet, make_diffusers_unet, make_inputs, ldm_state_dict, diffusers_state_dict, save_state_dict,
     tiny_config, with_prefix,
@@ -156,7 +156,7 @@ def test_unknown_and_unsupported_layouts_are_named(keys, what):
 
 def test_diff_controlnet_needs_and_uses_the_base_unet(sd1_ldm):
     unet = make_diffusers_unet("sd1", seed=9)
-    from controlnet_core.formats.diffusers import diffusers_unet_encoder_to_ldm
+    from controlnet_core.ldm.diffusers_keys import diffusers_unet_encoder_to_ldm
 
     base = diffusers_unet_encoder_to_ldm(diffusers_state_dict(unet))
     delta = {k: (v - base[k]) if k in base else v for k, v in sd1_ldm.items()}

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import controlnet_core
-from controlnet_core.formats.diffusers import diffusers_unet_encoder_to_ldm
+from controlnet_core.ldm.diffusers_keys import diffusers_unet_encoder_to_ldm
 from tests.factories import (
     CONFIG_NAMES,
     diffusers_state_dict,

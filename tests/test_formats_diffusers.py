@@ -10,7 +10,7 @@ import torch
 
 import controlnet_core
 from controlnet_core.errors import CheckpointError
-from controlnet_core.formats.diffusers import diffusers_to_ldm, diffusers_unet_encoder_to_ldm, is_diffusers_layout
+from controlnet_core.ldm.diffusers_keys import diffusers_to_ldm, diffusers_unet_encoder_to_ldm, is_diffusers_layout
 from tests.factories import diffusers_state_dict, make_diffusers_controlnet, make_diffusers_unet, make_inputs, tiny_config
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_io import read_state_dict, read_tensor_shapes
+from ..checkpoint_io import read_state_dict, read_tensor_shapes
 from .config import ControlNetConfig
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .formats import apply_difference, detect_layout, infer_config, strip_to_control_keys, unet_encoder_from_checkpoint
-from .models.controlnet import HINT_BLOCK_CONVS, ControlNetModel
+from .model import HINT_BLOCK_CONVS, ControlNetModel
 
 StateDictSource = str | os.PathLike | Mapping[str, torch.Tensor]
 # The last input_hint_block conv: index of the eighth conv once SiLUs sit between them.
@@ -31,7 +31,7 @@ def _to_ldm(state_dict: Mapping[str, torch.Tensor], source: str):
     info = detect_layout(list(state_dict), source)
     control = strip_to_control_keys(state_dict, info)
     if info.layout == "diffusers":
-        from .formats.diffusers import diffusers_to_ldm
+        from ..ldm.diffusers_keys import diffusers_to_ldm
 
         control = diffusers_to_ldm(control)
     return control, info

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 
 from ..config import ControlNetConfig
-from ..errors import CheckpointError
+from ...errors import CheckpointError
 
 CONTEXT_DIM_FAMILY = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _BLOCK_INDEX = re.compile(r"^input_blocks\.(\d+)\.")

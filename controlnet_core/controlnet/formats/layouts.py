@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import CheckpointError
+from ...errors import CheckpointError
 
 LDM_PREFIX = "control_model."
 LDM_MARKER = "zero_convs.0.0.weight"
@@ -86,7 +86,7 @@ def unet_encoder_from_checkpoint(unet_state_dict: Mapping[str, torch.Tensor], so
             return {k[len(prefix):]: v for k, v in unet_state_dict.items()
                     if k.startswith(prefix) and k[len(prefix):].startswith(UNET_ENCODER_PREFIXES)}
     if "conv_in.weight" in unet_state_dict and any(k.startswith("down_blocks.") for k in unet_state_dict):
-        from .diffusers import diffusers_unet_encoder_to_ldm
+        from ...ldm.diffusers_keys import diffusers_unet_encoder_to_ldm
 
         return diffusers_unet_encoder_to_ldm(dict(unet_state_dict))
     raise CheckpointError(f"{source}: expected UNet weights (key 'input_blocks.0.0.weight', optionally under "

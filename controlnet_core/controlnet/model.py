@@ -17,9 +17,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..config import ControlNetConfig
+from .config import ControlNetConfig
 from ..errors import InputError
-from .blocks import Downsample, ResBlock, SpatialTransformer, TimestepEmbedSequential, timestep_embedding
+from ..ldm.blocks import Downsample, ResBlock, SpatialTransformer, TimestepEmbedSequential, timestep_embedding
 
 # input_hint_block: (in, out, stride) of its eight 3×3 convs; SiLU sits between them, so the convs
 # are at even indices 0, 2, …, 14 and the last one (index 14) starts at zero.

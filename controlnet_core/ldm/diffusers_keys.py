@@ -2,7 +2,7 @@
 
 diffusers names an ldm-style UNet encoder by block and layer (`down_blocks.1.resnets.0.conv1`); the
 original ControlNet code uses flat sequential indices (`input_blocks.4.0.in_layers.2`). The model in
-`controlnet_core.models` uses the original names, so diffusers checkpoints are renamed here.
+`controlnet_core.controlnet` uses the original names, so diffusers checkpoints are renamed here.
 
 The renaming rules are data (the TABLES below); `_rename_key` only applies them. Layers per level
 (L) are read from the keys themselves, so any depth converts: level i's j-th layer sits at
