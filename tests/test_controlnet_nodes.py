@@ -268,7 +268,7 @@ def test_image_batch_that_does_not_pair_with_the_latents_fails_clearly(nodes):
     control_net, = nodes.LoadControlNet().load("pose.safetensors")
     positive, _ = nodes.ApplyControlNet().apply(conditioning(), conditioning(), control_net, torch.rand(3, 32, 32, 3),
                                                 1.0, 0.0, 1.0)
-    with pytest.raises(nodes.InputError, match="batch of 3 does not match the latent batch of 4"):
+    with pytest.raises(nodes.InputError, match="batch of 3 does not pair with the latent batch of 4"):
         run_control(positive[0][1]["control"], torch.randn(8, 4, LATENT, LATENT), 3.0)
 
 

@@ -143,9 +143,10 @@ def test_mask_that_cannot_match_is_refused(model, inputs):
     entry = ControlEntry(model, image_of(inputs.hint), mask=torch.ones(37, 50))
     with pytest.raises(InputError, match="mask is 37×50"):
         ControlStack([entry]).residuals(inputs.x, inputs.timesteps, inputs.context)
-    entry = ControlEntry(model, image_of(inputs.hint), mask=torch.ones(3, *inputs.hint.shape[-2:]))
-    with pytest.raises(InputError, match="mask batch of 3"):
-        ControlStack([entry]).residuals(inputs.x, inputs.timesteps, inputs.context)
+    four = make_inputs("sd1", batch=4)
+    entry = ControlEntry(model, image_of(four.hint), mask=torch.ones(3, *four.hint.shape[-2:]))
+    with pytest.raises(InputError, match="mask batch of 3 does not pair with the latent batch of 4"):
+        ControlStack([entry]).residuals(four.x, four.timesteps, four.context)
     with pytest.raises(InputError, match="mask"):
         ControlEntry(model, image_of(inputs.hint), mask=torch.ones(1, 2, 3, 4, 5))
 
@@ -164,7 +165,7 @@ def test_hint_batches_broadcast_pair_or_fail(model):
     with torch.no_grad():
         direct = model(inputs.x, inputs.hint[:2].repeat(2, 1, 1, 1), inputs.timesteps, inputs.context)
     torch.testing.assert_close(paired.mid, direct.mid, rtol=1e-5, atol=1e-5)
-    with pytest.raises(InputError, match="control image batch of 3 does not match the latent batch of 4"):
+    with pytest.raises(InputError, match="control image batch of 3 does not pair with the latent batch of 4"):
         ControlStack([ControlEntry(model, images[:3])]).residuals(inputs.x, inputs.timesteps, inputs.context)
 
 

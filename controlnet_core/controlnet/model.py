@@ -17,9 +17,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .config import ControlNetConfig
-from ..errors import InputError
+from ..errors import ControlNetError, InputError
 from ..ldm.blocks import Downsample, ResBlock, SpatialTransformer, TimestepEmbedSequential, timestep_embedding
+from ..modes import controlnet_soft_weights
+from ..ops import default_operations
+from ..protocol import Addition, ControlModel, HintSpec, Target, UNetCall, UNetLayout, family_name, take_frames
+from .config import ControlNetConfig
 
 # input_hint_block: (in, out, stride) of its eight 3×3 convs; SiLU sits between them, so the convs
 # are at even indices 0, 2, …, 14 and the last one (index 14) starts at zero.
@@ -33,73 +36,112 @@ class Residuals(NamedTuple):
     mid: torch.Tensor
 
 
-class ControlNetModel(nn.Module):
-    def __init__(self, config: ControlNetConfig, device=None, dtype=None) -> None:
+class ControlNetModel(ControlModel):
+    """The ControlNet as a control system (protocol.py): slots are the skip residuals in encoder order,
+    then the middle one; `prepare` is the hint block (it depends only on the control image)."""
+
+    system = "ControlNet"
+
+    def __init__(self, config: ControlNetConfig, device=None, dtype=None, operations=default_operations,
+                 compute_dtype: torch.dtype | None = None) -> None:
+        """operations: the layer classes (controlnet_core.ops); compute_dtype: the dtype inputs are cast
+        to when it differs from the weights' storage dtype (the layers then cast weights per call)."""
         super().__init__()
         self.config = config
+        self.compute_dtype = compute_dtype
+        ops = operations
         kw = {"device": device, "dtype": dtype}
+        block_kw = {**kw, "operations": ops}
         ch = config.model_channels
         time_dim = ch * 4
         groups = config.norm_groups
 
-        self.time_embed = nn.Sequential(nn.Linear(ch, time_dim, **kw), nn.SiLU(), nn.Linear(time_dim, time_dim, **kw))
+        self.time_embed = nn.Sequential(ops.Linear(ch, time_dim, **kw), nn.SiLU(), ops.Linear(time_dim, time_dim, **kw))
         if config.adm_in_channels is not None:
             # SDXL: pooled text embedding + size/crop conditioning, added to the time embedding.
             self.label_emb = nn.Sequential(nn.Sequential(
-                nn.Linear(config.adm_in_channels, time_dim, **kw), nn.SiLU(), nn.Linear(time_dim, time_dim, **kw)))
+                ops.Linear(config.adm_in_channels, time_dim, **kw), nn.SiLU(), ops.Linear(time_dim, time_dim, **kw)))
 
         hint_layers: list[nn.Module] = []
         for conv_in, conv_out, stride in HINT_BLOCK_CONVS:
             if hint_layers:
                 hint_layers.append(nn.SiLU())
-            hint_layers.append(nn.Conv2d(conv_in or config.hint_channels, conv_out or ch, 3, stride=stride,
-                                         padding=1, **kw))
+            hint_layers.append(ops.Conv2d(conv_in or config.hint_channels, conv_out or ch, 3, stride=stride,
+                                          padding=1, **kw))
         self.input_hint_block = nn.Sequential(*hint_layers)
 
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(config.in_channels, ch, 3, padding=1, **kw))])
-        self.zero_convs = nn.ModuleList([self._zero_conv(ch, **kw)])
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(ops.Conv2d(config.in_channels, ch, 3, padding=1, **kw))])
+        self.zero_convs = nn.ModuleList([self._zero_conv(ch, ops, **kw)])
         depths = list(config.transformer_depth)
         for level, mult in enumerate(config.channel_mult):
             for _ in range(config.num_res_blocks[level]):
                 out_ch = mult * config.model_channels
-                layers: list[nn.Module] = [ResBlock(ch, time_dim, out_ch, groups=groups, **kw)]
+                layers: list[nn.Module] = [ResBlock(ch, time_dim, out_ch, groups=groups, **block_kw)]
                 ch = out_ch
                 depth = depths.pop(0)
                 if depth > 0:
                     heads, dim_head = config.heads_for(ch)
                     layers.append(SpatialTransformer(ch, heads, dim_head, depth, config.context_dim,
-                                                     config.use_linear_projection, groups=groups, **kw))
+                                                     config.use_linear_projection, groups=groups, **block_kw))
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
-                self.zero_convs.append(self._zero_conv(ch, **kw))
+                self.zero_convs.append(self._zero_conv(ch, ops, **kw))
             if level != len(config.channel_mult) - 1:
-                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch, **kw)))
-                self.zero_convs.append(self._zero_conv(ch, **kw))
+                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch, **block_kw)))
+                self.zero_convs.append(self._zero_conv(ch, ops, **kw))
 
-        middle: list[nn.Module] = [ResBlock(ch, time_dim, groups=groups, **kw)]
+        middle: list[nn.Module] = [ResBlock(ch, time_dim, groups=groups, **block_kw)]
         if config.transformer_depth_middle >= 0:
             heads, dim_head = config.heads_for(ch)
             middle += [SpatialTransformer(ch, heads, dim_head, config.transformer_depth_middle, config.context_dim,
-                                          config.use_linear_projection, groups=groups, **kw),
-                       ResBlock(ch, time_dim, groups=groups, **kw)]
+                                          config.use_linear_projection, groups=groups, **block_kw),
+                       ResBlock(ch, time_dim, groups=groups, **block_kw)]
         self.middle_block = TimestepEmbedSequential(*middle)
-        self.middle_block_out = self._zero_conv(ch, **kw)
+        self.middle_block_out = self._zero_conv(ch, ops, **kw)
 
     @staticmethod
-    def _zero_conv(channels: int, device=None, dtype=None) -> nn.Sequential:
+    def _zero_conv(channels: int, operations, device=None, dtype=None) -> nn.Sequential:
         # Wrapped in a Sequential so the parameter is `zero_convs.N.0.weight`, as in the original files.
-        return nn.Sequential(nn.Conv2d(channels, channels, 1, device=device, dtype=dtype))
+        return nn.Sequential(operations.Conv2d(channels, channels, 1, device=device, dtype=dtype))
 
     @property
     def family(self) -> str:
         return self.config.family
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.time_embed[0].weight.dtype
+    def slots(self) -> tuple[str, ...]:
+        return tuple(f"skip {i}" for i in range(self.config.num_down_residuals)) + ("middle",)
 
     @property
-    def device(self) -> torch.device:
-        return self.time_embed[0].weight.device
+    def soft_weights(self) -> tuple[float, ...]:
+        return controlnet_soft_weights(self.config.num_down_residuals + 1)
+
+    # ---- the control-system protocol ---------------------------------------------------------------
+    def hint_spec(self, latent_height: int, latent_width: int) -> HintSpec:
+        return HintSpec(latent_height * HINT_DOWNSCALE, latent_width * HINT_DOWNSCALE, self.config.hint_channels)
+
+    def prepare(self, hint: torch.Tensor) -> torch.Tensor:
+        return self.embed_hint(hint)
+
+    def additions(self, call: UNetCall, prepared: torch.Tensor, frames: torch.Tensor) -> list[Addition]:
+        result = self(call.x, None, call.timesteps, call.context, call.y, hint_embedding=take_frames(prepared, frames))
+        additions = [Addition(Target.skip(i), i, residual) for i, residual in enumerate(result.down)]
+        return additions + [Addition(Target.middle(), len(result.down), result.mid)]
+
+    def check_fits(self, layout: UNetLayout) -> None:
+        cfg = self.config
+        problems = []
+        expected = list(layout.block_channels) + [layout.middle_channels]
+        if cfg.residual_channels() != expected:
+            problems.append(f"its {len(cfg.residual_channels())} residuals have channels {cfg.residual_channels()}, "
+                            f"the UNet's {len(expected)} skips and middle block have {expected}")
+        if layout.context_dim is not None and layout.context_dim != cfg.context_dim:
+            problems.append(f"it reads text embeddings of width {cfg.context_dim}, the model gives {layout.context_dim}")
+        if cfg.adm_in_channels is not None and layout.adm_in_channels is None:
+            problems.append("it needs the pooled-text/size vector (y) that this model does not provide")
+        if problems:
+            raise ControlNetError(f"{self.label} ({family_name(cfg.family)}) does not fit {layout.name} "
+                                  f"({family_name(layout.family)}): " + "; ".join(problems) +
+                                  f". Use a ControlNet trained for {family_name(layout.family)}.")
 
     def embed_hint(self, hint: torch.Tensor) -> torch.Tensor:
         """input_hint_block(hint): B×hint_channels×H×W → B×model_channels×H/8×W/8."""

@@ -1,6 +1,8 @@
 """Building blocks of the ldm UNet encoder, with the original (CompVis / ComfyUI) parameter names so
 original-layout checkpoints load without renaming.
 
+Every block takes `operations` (see controlnet_core.ops): the layer classes it is built from.
+
 Shapes: feature maps are B×C×H×W; token sequences are B×N×C; `emb` is B×time_embed_dim.
 Attention runs through torch's scaled_dot_product_attention (the fastest exact kernel available
 on every device).
@@ -12,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..ops import default_operations
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -25,55 +29,23 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return embedding
 
 
-# Few pixels and many channels: below this many output pixels per sample, with at least this many
-# input channels, a CPU float32 3×3 convolution runs as unfold + one GEMM (see Conv2d).
-GEMM_CONV_MAX_PIXELS = 64
-GEMM_CONV_MIN_CHANNELS = 1024
-
-
-class Conv2d(nn.Conv2d):
-    """nn.Conv2d (same parameters and names) whose 3×3 stride-1 convolutions over few pixels with
-    many channels run as unfold + one matrix multiply on the CPU.
-
-    oneDNN re-lays out a plain float32 weight on every call; for a 1280×1280×3×3 kernel (59 MB) at
-    the 4×4 or 8×8 bottom of the UNet that copy costs more than the arithmetic (measured 57 ms vs
-    18 ms at 4×4, 93 ms vs 58 ms at 8×8 on one core). The GEMM reads the weight once, in place.
-    Elsewhere the usual convolution is faster and is used."""
-
-    def _runs_as_gemm(self, x: torch.Tensor) -> bool:
-        return (x.device.type == "cpu" and x.dtype == torch.float32 and self.kernel_size == (3, 3)
-                and self.stride == (1, 1) and self.padding == (1, 1) and self.dilation == (1, 1)
-                and self.groups == 1 and self.in_channels >= GEMM_CONV_MIN_CHANNELS
-                and x.shape[-2] * x.shape[-1] <= GEMM_CONV_MAX_PIXELS)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._runs_as_gemm(x):
-            return super().forward(x)
-        batch, _, height, width = x.shape
-        columns = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(batch * height * width, -1)  # (B·H·W)×(C·9)
-        weight = self.weight.view(self.out_channels, -1).t()
-        out = torch.addmm(self.bias, columns, weight) if self.bias is not None else columns @ weight
-        # Back to a contiguous B×C×H×W: a channels-last view would spread into every later layer.
-        return out.view(batch, height * width, self.out_channels).permute(0, 2, 1).contiguous().view(
-            batch, self.out_channels, height, width)
-
-
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv, plus the time embedding, twice; 1×1 skip when channels change."""
 
     def __init__(self, channels: int, emb_channels: int, out_channels: int | None = None, groups: int = 32,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, operations=default_operations) -> None:
         super().__init__()
         out_channels = out_channels or channels
         kw = {"device": device, "dtype": dtype}
+        ops = operations
         self.in_layers = nn.Sequential(
-            nn.GroupNorm(groups, channels, **kw), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1, **kw))
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels, **kw))
+            ops.GroupNorm(groups, channels, **kw), nn.SiLU(), ops.Conv2d(channels, out_channels, 3, padding=1, **kw))
+        self.emb_layers = nn.Sequential(nn.SiLU(), ops.Linear(emb_channels, out_channels, **kw))
         self.out_layers = nn.Sequential(
-            nn.GroupNorm(groups, out_channels, **kw), nn.SiLU(), nn.Dropout(0.0),
-            Conv2d(out_channels, out_channels, 3, padding=1, **kw))
+            ops.GroupNorm(groups, out_channels, **kw), nn.SiLU(), nn.Dropout(0.0),
+            ops.Conv2d(out_channels, out_channels, 3, padding=1, **kw))
         self.skip_connection = (nn.Identity() if out_channels == channels
-                                else nn.Conv2d(channels, out_channels, 1, **kw))
+                                else ops.Conv2d(channels, out_channels, 1, **kw))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)
@@ -82,9 +54,9 @@ class ResBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    def __init__(self, channels: int, device=None, dtype=None) -> None:
+    def __init__(self, channels: int, device=None, dtype=None, operations=default_operations) -> None:
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1, device=device, dtype=dtype)
+        self.op = operations.Conv2d(channels, channels, 3, stride=2, padding=1, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -92,16 +64,16 @@ class Downsample(nn.Module):
 
 class CrossAttention(nn.Module):
     def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, operations=default_operations) -> None:
         super().__init__()
         inner = heads * dim_head
         context_dim = context_dim or query_dim
         kw = {"device": device, "dtype": dtype}
         self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner, bias=False, **kw)
-        self.to_k = nn.Linear(context_dim, inner, bias=False, **kw)
-        self.to_v = nn.Linear(context_dim, inner, bias=False, **kw)
-        self.to_out = nn.Sequential(nn.Linear(inner, query_dim, **kw), nn.Dropout(0.0))
+        self.to_q = operations.Linear(query_dim, inner, bias=False, **kw)
+        self.to_k = operations.Linear(context_dim, inner, bias=False, **kw)
+        self.to_v = operations.Linear(context_dim, inner, bias=False, **kw)
+        self.to_out = nn.Sequential(operations.Linear(inner, query_dim, **kw), nn.Dropout(0.0))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
@@ -116,9 +88,9 @@ class CrossAttention(nn.Module):
 
 
 class GEGLU(nn.Module):
-    def __init__(self, dim_in: int, dim_out: int, device=None, dtype=None) -> None:
+    def __init__(self, dim_in: int, dim_out: int, device=None, dtype=None, operations=default_operations) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2, device=device, dtype=dtype)
+        self.proj = operations.Linear(dim_in, dim_out * 2, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden, gate = self.proj(x).chunk(2, dim=-1)
@@ -126,10 +98,11 @@ class GEGLU(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, dim: int, mult: int = 4, device=None, dtype=None) -> None:
+    def __init__(self, dim: int, mult: int = 4, device=None, dtype=None, operations=default_operations) -> None:
         super().__init__()
-        self.net = nn.Sequential(GEGLU(dim, dim * mult, device=device, dtype=dtype), nn.Dropout(0.0),
-                                 nn.Linear(dim * mult, dim, device=device, dtype=dtype))
+        kw = {"device": device, "dtype": dtype}
+        self.net = nn.Sequential(GEGLU(dim, dim * mult, operations=operations, **kw), nn.Dropout(0.0),
+                                 operations.Linear(dim * mult, dim, **kw))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -138,15 +111,16 @@ class FeedForward(nn.Module):
 class BasicTransformerBlock(nn.Module):
     """Self-attention, cross-attention on the text context, GEGLU feed-forward; pre-LayerNorm."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int, device=None, dtype=None) -> None:
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int, device=None, dtype=None,
+                 operations=default_operations) -> None:
         super().__init__()
-        kw = {"device": device, "dtype": dtype}
+        kw = {"device": device, "dtype": dtype, "operations": operations}
         self.attn1 = CrossAttention(dim, heads, dim_head, **kw)
         self.ff = FeedForward(dim, **kw)
         self.attn2 = CrossAttention(dim, heads, dim_head, context_dim=context_dim, **kw)
-        self.norm1 = nn.LayerNorm(dim, **kw)
-        self.norm2 = nn.LayerNorm(dim, **kw)
-        self.norm3 = nn.LayerNorm(dim, **kw)
+        self.norm1 = operations.LayerNorm(dim, device=device, dtype=dtype)
+        self.norm2 = operations.LayerNorm(dim, device=device, dtype=dtype)
+        self.norm3 = operations.LayerNorm(dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
@@ -159,20 +133,21 @@ class SpatialTransformer(nn.Module):
     blocks over the H·W tokens, projection out, residual."""
 
     def __init__(self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int,
-                 use_linear: bool, groups: int = 32, device=None, dtype=None) -> None:
+                 use_linear: bool, groups: int = 32, device=None, dtype=None, operations=default_operations) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
+        ops = operations
         inner = heads * dim_head
         self.use_linear = use_linear
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6, **kw)
+        self.norm = ops.GroupNorm(groups, channels, eps=1e-6, **kw)
         if use_linear:
-            self.proj_in = nn.Linear(channels, inner, **kw)
-            self.proj_out = nn.Linear(inner, channels, **kw)
+            self.proj_in = ops.Linear(channels, inner, **kw)
+            self.proj_out = ops.Linear(inner, channels, **kw)
         else:
-            self.proj_in = nn.Conv2d(channels, inner, 1, **kw)
-            self.proj_out = nn.Conv2d(inner, channels, 1, **kw)
+            self.proj_in = ops.Conv2d(channels, inner, 1, **kw)
+            self.proj_out = ops.Conv2d(inner, channels, 1, **kw)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner, heads, dim_head, context_dim, **kw) for _ in range(depth))
+            BasicTransformerBlock(inner, heads, dim_head, context_dim, operations=ops, **kw) for _ in range(depth))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape

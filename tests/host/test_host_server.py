@@ -166,7 +166,7 @@ def bad_prompts() -> dict[str, tuple[dict, str]]:
     return {"missing model file": (missing, "no_such_controlnet.safetensors"),
             "SDXL ControlNet on SD1.5": (sdxl, "does not fit the base model"),
             "mask of another size": (odd_mask, "mask is 40×72"),
-            "image batch 3 for latent batch 4": (batch, "batch of 3 does not match the latent batch of 4")}
+            "image batch 3 for latent batch 4": (batch, "batch of 3 does not pair with the latent batch of 4")}
 
 
 def test_bad_input_fails_the_prompt_clearly_and_the_next_prompt_runs(server):
