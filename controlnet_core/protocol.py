@@ -98,12 +98,13 @@ class UNetCall:
     """The inputs of one UNet call, for the rows that receive control.
 
     x: B×C×h×w latent as the UNet sees it (input scaling applied); timesteps: B; context:
-    B×tokens×dim (or batch 1); y: B×adm or None; latent_size: (h, w)."""
+    B×tokens×dim (or batch 1); y: B×adm or None."""
 
     x: torch.Tensor
     timesteps: torch.Tensor
     context: torch.Tensor
     y: torch.Tensor | None = None
+    layout: "UNetLayout | None" = None   # the base UNet, when the caller knows it (else the family's standard)
 
     @property
     def latent_size(self) -> tuple[int, int]:
@@ -162,6 +163,18 @@ def ldm_block_layout(model_channels: int, channel_mult: Sequence[int],
             channels.append(mult * model_channels)
             downscale.append(factor)
     return channels, downscale
+
+
+def standard_layout(family: str) -> UNetLayout:
+    """The released UNet of a family: SD1.x/SD2.x 320 channels × (1, 2, 4, 4), SDXL × (1, 2, 4);
+    two res blocks per level."""
+    if family not in ("sd1", "sd2", "sdxl"):
+        raise ControlNetError(f"no standard UNet layout for family {family!r}; pass the base model's layout")
+    mult = (1, 2, 4) if family == "sdxl" else (1, 2, 4, 4)
+    channels, downscale = ldm_block_layout(320, mult, [2] * len(mult))
+    context = {"sd1": 768, "sd2": 1024, "sdxl": 2048}[family]
+    return UNetLayout(tuple(channels), tuple(downscale), 320 * mult[-1], context, 2816 if family == "sdxl" else None,
+                      family, f"a standard {family_name(family)} UNet")
 
 
 def family_of(context_dim: int | None, adm_in_channels: int | None) -> str | None:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .hint import INTERPOLATIONS, RESIZE_MODES, as_image_batch, as_mask_batch, prepare_hint, prepare_mask
 from .modes import MODE_BALANCED, mode_settings
-from .protocol import Addition, Contribution, ControlModel, HintSpec, UNetCall, take_frames
+from .protocol import Addition, Contribution, ControlModel, HintSpec, UNetCall, UNetLayout, take_frames
 
 MAX_STRENGTH = 10.0
 
@@ -185,9 +185,11 @@ class ControlStack:
     def contributions(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                       y: torch.Tensor | None = None, *, percent: float | None = None,
                       active: Callable[[ControlEntry], bool] | None = None,
-                      chunk_kinds: Sequence[int] | None = None) -> Contribution | None:
+                      chunk_kinds: Sequence[int] | None = None,
+                      layout: UNetLayout | None = None) -> Contribution | None:
         """What the active entries add to one UNet call with latent `x` (B×C×h×w, input scaling
-        applied), or None when nothing is on. Tensors are in x's dtype."""
+        applied), or None when nothing is on. Tensors are in x's dtype. `layout` describes the base
+        UNet (where encoder features go); without it each control assumes its family's standard UNet."""
         entries = self.active_entries(percent, active)
         if not entries:
             return None
@@ -199,7 +201,7 @@ class ControlStack:
         timesteps = timesteps.reshape(-1).expand(batch) if timesteps.numel() == 1 else timesteps.reshape(-1)
         total = Contribution()
         for entry in entries:
-            _EntryCall(entry, x, timesteps, context, y, chunk_kinds, per_chunk).add_to(total)
+            _EntryCall(entry, x, timesteps, context, y, chunk_kinds, per_chunk, layout).add_to(total)
         return None if total.is_empty() else total
 
     def residuals(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
@@ -222,8 +224,8 @@ class _EntryCall:
     """One entry's additions to one UNet call: rows, frames, scaling, masks."""
 
     def __init__(self, entry: ControlEntry, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                 y: torch.Tensor | None, chunk_kinds: list[int], per_chunk: int) -> None:
-        self.entry, self.x, self.timesteps, self.context, self.y = entry, x, timesteps, context, y
+                 y: torch.Tensor | None, chunk_kinds: list[int], per_chunk: int, layout: UNetLayout | None) -> None:
+        self.entry, self.x, self.timesteps, self.context, self.y, self.layout = entry, x, timesteps, context, y, layout
         chunks = len(chunk_kinds)
         self.batch, self.latent_size = x.shape[0], tuple(x.shape[-2:])
         self.frames = pair_frames(entry.image.shape[0], per_chunk, chunks)
@@ -242,7 +244,7 @@ class _EntryCall:
         prepared = entry.prepared(*self.latent_size, self.x.device)
         pick = (lambda t: t) if not self.subset else \
             (lambda t: t if t is None or t.shape[0] == 1 else t.index_select(0, rows))  # noqa: E731
-        call = UNetCall(pick(self.x), pick(self.timesteps), pick(self.context), pick(self.y))
+        call = UNetCall(pick(self.x), pick(self.timesteps), pick(self.context), pick(self.y), self.layout)
         for addition in model.additions(call, prepared, self.frames[rows.cpu()]):
             scale = entry.strength * entry.slot_weights[addition.slot]
             if callable(addition.value):

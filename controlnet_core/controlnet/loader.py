@@ -6,18 +6,19 @@ dtype is kept unless the caller asks for a compute dtype.
 """
 from __future__ import annotations
 
-import math
 import os
-from collections import Counter
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 
-from ..checkpoint_io import read_state_dict, read_tensor_shapes
-from .config import ControlNetConfig
+from ..building import build_model, dominant_float_dtype
+from ..checkpoint_io import read_state_dict
 from ..errors import CheckpointError
-from .formats import apply_difference, detect_layout, infer_config, strip_to_control_keys, unet_encoder_from_checkpoint
+from ..ops import default_operations
+from .config import ControlNetConfig
+from ..identity import Identity
+from .formats import (apply_difference, detect_layout, infer_config, is_controlnet, strip_to_control_keys,
+                      unet_encoder_from_checkpoint)
 from .model import HINT_BLOCK_CONVS, ControlNetModel
 
 StateDictSource = str | os.PathLike | Mapping[str, torch.Tensor]
@@ -37,41 +38,31 @@ def _to_ldm(state_dict: Mapping[str, torch.Tensor], source: str):
     return control, info
 
 
-def _dominant_float_dtype(state_dict: Mapping[str, torch.Tensor]) -> torch.dtype:
-    counts = Counter(v.dtype for v in state_dict.values() if v.is_floating_point())
-    return counts.most_common(1)[0][0] if counts else torch.float32
-
-
-def _check_keys(model: ControlNetModel, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong = [f"{k}: expected {expected[k]}, found {tuple(state_dict[k].shape)}"
-             for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing tensors (e.g. {', '.join(missing[:4])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:4])})")
-    if wrong:
-        problems.append(f"{len(wrong)} tensors of the wrong shape ({'; '.join(wrong[:3])})")
-    if problems:
-        raise CheckpointError(f"{source} does not match the ControlNet architecture inferred from it "
-                              f"({model.config.family}): " + "; ".join(problems) + ". The file is truncated, "
-                              "edited, or needs config overrides.")
-
-
 def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], config: ControlNetConfig, *, source: str,
-                          dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> ControlNetModel:
+                          dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                          operations=default_operations, compute_dtype: torch.dtype | None = None) -> ControlNetModel:
     """Meta-device construction, then the tensors are assigned in (no random init, no extra copy)."""
-    dtype = dtype or _dominant_float_dtype(state_dict)
-    with torch.device("meta"):
-        model = ControlNetModel(config, dtype=dtype)
-    _check_keys(model, state_dict, source)
-    tensors = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
-               for k, v in state_dict.items()}
-    model.load_state_dict(tensors, strict=True, assign=True)
-    return model.requires_grad_(False).eval()
+    return build_model(lambda dt: ControlNetModel(config, dtype=dt, operations=operations, compute_dtype=compute_dtype),
+                       state_dict, source=source, what=f"ControlNet ({config.family})", dtype=dtype, device=device)
+
+
+def _refuse_other_systems(state_dict: Mapping[str, torch.Tensor], name: str) -> None:
+    """A file of another control system gets an error naming it (the systems table knows them all)."""
+    from ..systems import detect as detect_system  # the table imports this package
+
+    found = detect_system({k: tuple(v.shape) for k, v in state_dict.items()}, name)
+    if found is None:
+        if any(k.startswith("model.diffusion_model.") for k in state_dict):
+            raise CheckpointError(f"{name} is a Stable Diffusion model checkpoint (UNet weights under "
+                                  "'model.diffusion_model.'), not a ControlNet: put it in models/checkpoints")
+        sample = ", ".join(sorted(state_dict)[:6]) or "no keys at all"
+        raise CheckpointError(f"{name}: unknown layout; expected an original ControlNet (key 'zero_convs.0.0.weight', "
+                              "optionally under 'control_model.') or a diffusers ControlNetModel (key "
+                              f"'controlnet_cond_embedding.conv_in.weight'); found {len(state_dict)} keys such as {sample}")
+    system, identity = found
+    if identity.system != "ControlNet":
+        use = "load it with controlnet_core.load_control" if identity.runs_here else f"this pack does not run it: {identity.advice}"
+        raise CheckpointError(f"{name} is a {identity.title}, not a ControlNet; {use}")
 
 
 def _source_name(source: StateDictSource) -> str:
@@ -80,22 +71,27 @@ def _source_name(source: StateDictSource) -> str:
 
 def load_controlnet(source: StateDictSource, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
                     overrides: Mapping[str, object] | None = None,
-                    base_unet: Mapping[str, torch.Tensor] | None = None) -> ControlNetModel:
+                    base_unet: Mapping[str, torch.Tensor] | None = None, operations=default_operations,
+                    compute_dtype: torch.dtype | None = None) -> ControlNetModel:
     """A ControlNetModel from a checkpoint file (.safetensors, or .pth/.ckpt/.bin read with
     weights_only=True) or a state dict, in original or diffusers layout.
 
-    dtype: compute dtype; default keeps the file's. overrides: ControlNetConfig fields to force
-    (e.g. num_heads for an unusual model). base_unet: UNet state dict, needed by "diff" ControlNets.
+    dtype: the weights' storage dtype; default keeps the file's. overrides: ControlNetConfig fields to
+    force (e.g. num_heads for an unusual model). base_unet: UNet state dict, needed by "diff"
+    ControlNets. operations / compute_dtype: layer classes (controlnet_core.ops) and the dtype they
+    compute in, when it differs from the storage dtype (the host's casting ops).
     """
     name = _source_name(source)
     state_dict = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
     if not isinstance(state_dict, Mapping) or not state_dict:
         raise CheckpointError(f"{name}: expected a non-empty state dict of tensors, found {type(state_dict).__name__}")
+    _refuse_other_systems(state_dict, name)
     control, info = _to_ldm(state_dict, name)
     if info.diff:
         control = apply_difference(control, base_unet, name)
     config = infer_config({k: tuple(v.shape) for k, v in control.items()}, name, overrides)
-    model = build_from_state_dict(control, config, source=name, dtype=dtype, device=device)
+    model = build_from_state_dict(control, config, source=name, dtype=dtype, device=device, operations=operations,
+                                  compute_dtype=compute_dtype)
     model.source = name
     return model
 
@@ -109,7 +105,7 @@ def from_unet(unet_state_dict: Mapping[str, torch.Tensor], *, hint_channels: int
     shapes = {k: tuple(v.shape) for k, v in encoder.items()}
     shapes["input_hint_block.0.weight"] = (16, hint_channels, 3, 3)
     config = infer_config(shapes, "base UNet", overrides)
-    dtype = _dominant_float_dtype(encoder)
+    dtype = dominant_float_dtype(encoder)
     model = ControlNetModel(config, dtype=dtype)
     loaded = model.load_state_dict(encoder, strict=False)
     # Only the ControlNet's own parts may be absent from a UNet; they are initialised below.
@@ -126,33 +122,20 @@ def from_unet(unet_state_dict: Mapping[str, torch.Tensor], *, hint_channels: int
     return model
 
 
-def describe(source: StateDictSource) -> dict:
-    """What a ControlNet file is, read from its tensor shapes (safetensors data is not loaded)."""
-    name = _source_name(source)
-    if isinstance(source, (str, os.PathLike)):
-        shapes_and_dtypes = read_tensor_shapes(source)
-    else:
-        shapes_and_dtypes = {k: (tuple(v.shape), v.dtype) for k, v in source.items()}
-    shapes = {k: s for k, (s, _) in shapes_and_dtypes.items()}
-    control, info = _to_ldm(shapes, name)
-    config = infer_config(control, name)
-    dtypes = Counter(d for _, d in strip_to_control_keys(shapes_and_dtypes, info).values())
+def detect(shapes: Mapping[str, tuple[int, ...]], source: str) -> Identity | None:
+    """A ControlNet (original, diffusers, training checkpoint or diff) for the systems table, or None."""
+    if not is_controlnet(shapes):
+        return None
+    control, info = _to_ldm(shapes, source)
+    config = infer_config(control, source)
     latent = 128 if config.family == "sdxl" else 64
     channels, scales = config.residual_channels(), config.residual_downscale()
-    residual_shapes = [(c, latent // f, latent // f) for c, f in zip(channels, scales)]
-    parameters = sum(math.prod(s) for s in control.values())
+    residuals = [f"{c}@{latent // f}" for c, f in zip(channels, scales)]
     layout = info.layout + (" (control_model. prefix)" if info.prefixed else "") + \
-        (", full training checkpoint" if info.training_checkpoint else "") + (", diff" if info.diff else "")
-    size = Path(source).stat().st_size if isinstance(source, (str, os.PathLike)) else None
-    return {
-        "source": name,
-        "family": config.family,
-        "layout": layout,
-        "hint_channels": config.hint_channels,
-        "residual_count": {"down": config.num_down_residuals, "mid": 1},
-        "residual_shapes": {"latent": (latent, latent), "down": residual_shapes[:-1], "mid": residual_shapes[-1]},
-        "parameters": parameters,
-        "dtype": str(dtypes.most_common(1)[0][0]).replace("torch.", "") if dtypes else "unknown",
-        "file_bytes": size,
-        "config": config.to_dict(),
-    }
+        (", full training checkpoint" if info.training_checkpoint else "")
+    details = {"hint channels": config.hint_channels,
+               "residuals": f"{config.num_down_residuals} skips + 1 middle (C@side for a {latent}² latent)",
+               "skips": ", ".join(residuals[:-1]), "middle": residuals[-1]}
+    if info.diff:
+        details["needs"] = "the base model's UNet (its weights are deltas on it)"
+    return Identity("ControlNet", "diff" if info.diff else config.family, layout, config.family, details=details)

@@ -13,7 +13,7 @@ instead of loading with silently missing weights.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 from ..errors import CheckpointError
@@ -75,6 +75,7 @@ PARAMETER_NAMES: frozenset[str] = frozenset({"weight", "bias"})
 UNET_DECODER_PREFIXES: tuple[str, ...] = ("up_blocks.", "conv_norm_out.", "conv_out.")
 
 _DOWN_BLOCK_RE = re.compile(r"^down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.(.+)$")
+_UP_BLOCK_RE = re.compile(r"^up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)$")
 _MID_BLOCK_RE = re.compile(r"^mid_block\.(resnets\.\d+|attentions\.\d+)\.(.+)$")
 _ZERO_CONV_RE = re.compile(r"^controlnet_down_blocks\.(\d+)\.(weight|bias)$")
 _HINT_BLOCK_RE = re.compile(r"^controlnet_cond_embedding\.blocks\.(\d+)\.(weight|bias)$")
@@ -169,6 +170,18 @@ def _rename_key(key: str, layers: dict[int, int], hint_blocks: int) -> str | Non
             return None
         return f"input_blocks.{first_index + layers[level]}.0.op.{split[1]}"
 
+    match = _UP_BLOCK_RE.match(key)
+    if match is not None:
+        # Up block i holds layers + 1 resnets (and attentions); output block i·(layers+1)+j holds the
+        # j-th of them, resnet at `.0`, attention at `.1`. Levels mirror the encoder's, deepest first.
+        level, kind, index, suffix = int(match.group(1)), match.group(2), int(match.group(3)), match.group(4)
+        levels = len(layers)
+        if level >= levels or index > layers[levels - 1 - level]:
+            return None
+        first_index = sum(layers[levels - 1 - k] + 1 for k in range(level))
+        renamed = _rename_resnet_suffix(suffix) if kind == "resnets" else _rename_attention_suffix(suffix)
+        return None if renamed is None else f"output_blocks.{first_index + index}.{0 if kind == 'resnets' else 1}.{renamed}"
+
     match = _MID_BLOCK_RE.match(key)
     if match is not None:
         module, suffix = match.group(1), match.group(2)
@@ -192,8 +205,9 @@ def _rename_key(key: str, layers: dict[int, int], hint_blocks: int) -> str | Non
     return None
 
 
-def _convert(state_dict: Mapping[str, Value], keys: list[str], what: str) -> dict[str, Value]:
-    layers = _layers_per_level(keys)
+def _convert(state_dict: Mapping[str, Value], keys: list[str], what: str,
+             layers: dict[int, int] | None = None) -> dict[str, Value]:
+    layers = layers or _layers_per_level(keys)
     hint_blocks = _hint_block_count(keys)
     converted: dict[str, Value] = {}
     unknown: list[str] = []
@@ -248,3 +262,13 @@ def diffusers_unet_encoder_to_ldm(unet_state_dict: Mapping[str, Value]) -> dict[
             "pass a UNet2DConditionModel state dict, or load a ControlNet with load_controlnet"
         )
     return _convert(unet_state_dict, keys, "diffusers UNet state dict")
+
+
+def diffusers_unet_subset_to_ldm(state_dict: Mapping[str, Value], layers_per_block: Sequence[int] = (2, 2, 2, 2),
+                                 what: str = "diffusers UNet weights") -> dict[str, Value]:
+    """Rename some weights of a diffusers UNet2DConditionModel (any subset: encoder, middle or
+    decoder resnets and attentions) to ldm names. A subset may lack the resnets the level structure
+    is read from, so `layers_per_block` states it (2 per level in SD1.x/SD2.x, whose 4 levels it
+    defaults to, and SDXL's 3). Raises CheckpointError naming every key without a mapping."""
+    layers = dict(enumerate(layers_per_block))
+    return _convert(state_dict, list(state_dict), what, layers)

@@ -2,7 +2,8 @@
 
 Supported: the original layout (bare or under `control_model.`, including full training
 checkpoints that also carry UNet/VAE/CLIP weights), the diffusers layout, and "diff" ControlNets
-whose encoder weights are deltas on a base UNet. Other control families are named in the error.
+whose encoder weights are deltas on a base UNet. Other control systems are told apart by the
+systems table (controlnet_core/systems.py) before these functions see a state dict.
 """
 from __future__ import annotations
 
@@ -20,16 +21,6 @@ DIFF_MARKER = "difference"
 # The base UNet parts a diff ControlNet stores as deltas (hint block and zero convs are stored in full).
 UNET_ENCODER_PREFIXES = ("input_blocks.", "middle_block.", "time_embed.", "label_emb.")
 
-# Families we recognise but do not load, with the key that gives them away.
-UNSUPPORTED_FAMILIES = (
-    ("task_embedding", "a ControlNet++ 'union' model"),
-    ("lora_controlnet", "a Control-LoRA"),
-    ("mid_convs.1.weight", "a ControlNeXt model"),
-    ("body.0.block1.weight", "a T2I-Adapter"),
-    ("adapter.conv_in.weight", "a T2I-Adapter (diffusers layout)"),
-)
-
-
 @dataclass
 class LayoutInfo:
     layout: str              # "ldm" or "diffusers"
@@ -38,13 +29,9 @@ class LayoutInfo:
     diff: bool = False       # weights are deltas on a base UNet
 
 
-def _lookup_unsupported(keys: list[str]) -> str | None:
-    for marker, what in UNSUPPORTED_FAMILIES:
-        if any(k == marker or k.endswith("." + marker) for k in keys):
-            return what
-    if any(k.startswith("lllite_unet") for k in keys):
-        return "a ControlNet-LLLite"
-    return None
+def is_controlnet(keys) -> bool:
+    """Original (bare or under `control_model.`) or diffusers ControlNet keys are present."""
+    return any(k == LDM_MARKER or k == LDM_PREFIX + LDM_MARKER or k == DIFFUSERS_MARKER for k in keys)
 
 
 def detect_layout(keys: list[str], source: str) -> LayoutInfo:
@@ -53,10 +40,6 @@ def detect_layout(keys: list[str], source: str) -> LayoutInfo:
     diff = DIFF_MARKER in key_set
     prefixed = [k for k in keys if k.startswith(LDM_PREFIX)]
     control_keys = [k[len(LDM_PREFIX):] for k in prefixed] if prefixed else [k for k in keys if k != DIFF_MARKER]
-    unsupported = _lookup_unsupported(control_keys)
-    if unsupported:
-        raise CheckpointError(f"{source} is {unsupported}, which this pack does not load yet; expected an original "
-                              f"or diffusers ControlNet (key {LDM_MARKER!r} or {DIFFUSERS_MARKER!r})")
     if LDM_MARKER in control_keys:
         extras = len(keys) - len(prefixed) - int(diff) if prefixed else 0
         return LayoutInfo("ldm", prefixed=bool(prefixed), training_checkpoint=extras > 0, diff=diff)
