@@ -113,28 +113,6 @@ def conditioning(previous=None):
     return [[torch.zeros(1, 5, 768), meta]]
 
 
-def test_soft_weights_follow_a1111_rule(nodes):
-    from pack_under_test.nodes.control_units import soft_injection_weights
-
-    weights = soft_injection_weights(13)
-    assert weights[-1] == 1.0
-    assert weights[0] == pytest.approx(0.825 ** 12)
-    assert all(b / a == pytest.approx(0.825 ** -1) for a, b in zip(weights, weights[1:]))
-    assert soft_injection_weights(10)[0] == pytest.approx(0.825 ** 9)  # SDXL: 9 down residuals + mid
-
-
-def test_mode_settings_per_mode(nodes):
-    from pack_under_test.nodes.control_units import mode_settings
-
-    assert mode_settings("balanced", 13) == (None, 1.0)
-    soft, uncond = mode_settings("prompt is more important", 13)
-    assert uncond == 1.0 and soft[0] < soft[-1]
-    soft_cn, uncond_cn = mode_settings("ControlNet is more important", 13)
-    assert uncond_cn == 0.0 and soft_cn == soft
-    with pytest.raises(nodes.InputError, match="balanced"):
-        mode_settings("louder", 13)
-
-
 def test_names_resolve_only_inside_the_controlnet_folder(nodes, folder):
     assert nodes.resolve_controlnet_path("pose.safetensors") == str(folder / "pose.safetensors")
     with pytest.raises(nodes.InputError, match="outside ComfyUI's controlnet folder"):
@@ -187,21 +165,6 @@ def test_step_range_uses_host_sigma_semantics(nodes):
     assert torch.equal(early["middle"][0], torch.full_like(early["middle"][0], 0.25))
     at_start, _, _ = run_control(control, x, sigma_half)
     assert not torch.equal(at_start["middle"][0], early["middle"][0])
-
-
-def test_controlnet_more_important_leaves_uncond_rows_untouched(nodes):
-    control_net, = nodes.LoadControlNet().load("pose.safetensors")
-    image = torch.rand(1, 32, 32, 3)
-    positive, _ = nodes.ApplyControlNet().apply(conditioning(), conditioning(), control_net, image, 1.0, 0.0, 1.0,
-                                                control_mode="ControlNet is more important")
-    x = torch.randn(2, 4, LATENT, LATENT)
-    out, context, t = run_control(positive[0][1]["control"], x, 3.0, cond_or_uncond=(1, 0))
-    assert torch.count_nonzero(out["middle"][0][0]) == 0  # row 0 is uncond here
-    balanced = direct_residuals(control_net.source.model, image, x, context, t, (1, 0))
-    # cond row: mid keeps weight 1, the shallowest skip gets 0.825^(n)
-    torch.testing.assert_close(out["middle"][0][1], balanced.mid[1])
-    n = TINY.num_down_residuals
-    torch.testing.assert_close(out["output"][0][1], balanced.down[0][1] * 0.825 ** n)
 
 
 def test_host_apply_node_path_matches_ours(nodes):
@@ -260,7 +223,7 @@ def test_controlnet_that_does_not_fit_the_unet_names_both(nodes, folder):
     positive, _ = nodes.ApplyControlNet().apply(conditioning(), conditioning(), control_net, torch.rand(1, 32, 32, 3),
                                                 1.0, 0.0, 1.0)
     wide_unet = dict(TINY_UNET_CONFIG, model_channels=320, channel_mult=[1, 2, 4, 4], num_res_blocks=[2, 2, 2, 2])
-    with pytest.raises(ValueError, match=r"'pose.safetensors' \(sd1\) does not fit the base model SD15"):
+    with pytest.raises(ValueError, match=r"ControlNet 'pose.safetensors' \(SD1.x\) does not fit the base model SD15"):
         positive[0][1]["control"].pre_run(fake_base_model(wide_unet), FakeModelSampling().percent_to_sigma)
 
 
@@ -317,6 +280,6 @@ def test_control_the_core_cannot_run_stays_on_the_host_path(nodes):
     assert control.previous_controlnet is previous and control.strength == 0.7
     assert control.timestep_percent_range == (0.2, 0.9)
     assert torch.equal(control.cond_hint_original, image.movedim(-1, 1))
-    with pytest.raises(nodes.InputError, match="no mask or control mode"):
+    with pytest.raises(nodes.InputError, match="no mask, control mode or resize mode"):
         nodes.ApplyControlNet().apply(conditioning(), conditioning(), adapter, image, 1.0, 0.0, 1.0,
                                       mask=torch.ones(32, 32))

@@ -123,7 +123,9 @@ class ControlNetModel(ControlModel):
         return self.embed_hint(hint)
 
     def additions(self, call: UNetCall, prepared: torch.Tensor, frames: torch.Tensor) -> list[Addition]:
-        result = self(call.x, None, call.timesteps, call.context, call.y, hint_embedding=take_frames(prepared, frames))
+        # Timesteps in the model's dtype, as the host's ControlNet receives them.
+        result = self(call.x, None, call.timesteps.to(self.dtype), call.context, call.y,
+                      hint_embedding=take_frames(prepared, frames))
         additions = [Addition(Target.skip(i), i, residual) for i, residual in enumerate(result.down)]
         return additions + [Addition(Target.middle(), len(result.down), result.mid)]
 
