@@ -121,9 +121,13 @@ def resize_to(bchw: torch.Tensor, height: int, width: int, mode: str, interpolat
 
 def prepare_hint(image: torch.Tensor | np.ndarray, height: int, width: int, mode: str = "crop_and_resize",
                  channels: int = 3, interpolation: str = "nearest-exact", gray: str = "luma") -> torch.Tensor:
-    """B×channels×height×width float hint from a control image of any size and channel count."""
+    """B×channels×height×width float hint from a control image of any size and channel count.
+
+    The result keeps the memory layout the image implies (a ComfyUI IMAGE, B×H×W×C in memory, gives
+    a channels-last hint), as the host's own preparation does: convolutions pick their kernels by
+    layout, so this is what keeps the first layers bit-identical to the host's."""
     images = convert_channels(as_image_batch(image), channels, gray)
-    return resize_to(images.movedim(-1, 1), height, width, mode, interpolation).contiguous()
+    return resize_to(images.movedim(-1, 1), height, width, mode, interpolation)
 
 
 def as_mask_batch(mask: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """The layer classes every model here is built from, injectable like the host's `operations`.
 
 A model takes `operations`: a namespace with `Conv2d`, `Linear`, `GroupNorm` and `LayerNorm`
-classes built like torch's. The default is torch's own layers (with the CPU convolution below).
+classes built like torch's. The default is torch's own layers. The ControlNet, which runs the
+UNet encoder's wide bottom convolutions at every step, adds the CPU GEMM path below to whatever
+it is given (`with_gemm_convs`); models that run once per image keep the plain convolution.
 ComfyUI passes its casting operations (comfy.ops), which keep weights in their storage dtype
 (fp16, fp8…), cast them per layer at call time and let the host load a model partially (low VRAM):
 the parameter names are the same either way, so one loader serves both.
@@ -63,4 +65,4 @@ def with_gemm_convs(operations) -> SimpleNamespace:
 
 
 # torch's layers: what a model is built from when nobody injects anything.
-default_operations = SimpleNamespace(Conv2d=Conv2d, Linear=nn.Linear, GroupNorm=nn.GroupNorm, LayerNorm=nn.LayerNorm)
+default_operations = SimpleNamespace(Conv2d=nn.Conv2d, Linear=nn.Linear, GroupNorm=nn.GroupNorm, LayerNorm=nn.LayerNorm)

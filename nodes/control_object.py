@@ -33,7 +33,6 @@ import comfy.ops
 
 from ..controlnet_core import ControlEntry, ControlModel, ControlStack, UNetLayout, load_control, load_t2i_adapter
 from ..controlnet_core.controlnet import load_controlnet
-from ..controlnet_core.ops import with_gemm_convs
 from .control_units import (ControlUnit, add_transformer_patches, check_contribution, host_control_dict,
                             sigma_in_range, stream_patches, sum_controls)
 
@@ -63,7 +62,7 @@ def host_operations(weight_dtype: torch.dtype | None) -> tuple[torch.dtype, torc
         model_params=-1, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32], weight_dtype=weight_dtype)
     manual_cast = comfy.model_management.unet_manual_cast(storage_dtype, load_device)
     operations = comfy.ops.pick_operations(storage_dtype, manual_cast, disable_fast_fp8=True)
-    return storage_dtype, manual_cast, with_gemm_convs(operations), load_device
+    return storage_dtype, manual_cast, operations, load_device
 
 
 class PatcherHandle(torch.nn.Module):

@@ -29,8 +29,9 @@ def inputs():
 
 
 def image_of(hint: torch.Tensor) -> torch.Tensor:
-    """B×C×H×W hint → the B×H×W×C IMAGE a user would feed."""
-    return hint.movedim(1, -1).contiguous()
+    """B×C×H×W hint → a B×H×W×C IMAGE view of the same memory, so the stack's hint is laid out like
+    `hint` itself (convolution kernels, hence the last bits, depend on the layout)."""
+    return hint.movedim(1, -1)
 
 
 class CountingForward:

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import ControlNetError, InputError
 from ..ldm.blocks import Downsample, ResBlock, SpatialTransformer, TimestepEmbedSequential, timestep_embedding
 from ..modes import controlnet_soft_weights
-from ..ops import default_operations
+from ..ops import default_operations, with_gemm_convs
 from ..protocol import Addition, ControlModel, HintSpec, Target, UNetCall, UNetLayout, family_name, take_frames
 from .config import ControlNetConfig
 
@@ -49,7 +49,7 @@ class ControlNetModel(ControlModel):
         super().__init__()
         self.config = config
         self.compute_dtype = compute_dtype
-        ops = operations
+        ops = with_gemm_convs(operations)  # its wide bottom convs run at every step: see ops.GemmConv2dMixin
         kw = {"device": device, "dtype": dtype}
         block_kw = {**kw, "operations": ops}
         ch = config.model_channels
