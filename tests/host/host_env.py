@@ -145,7 +145,12 @@ class HostServer:
 MODEL_FILES = {"checkpoint": ("checkpoints", "v1-5-pruned-emaonly.safetensors"),
                "pose": ("controlnet", "control_v11p_sd15_openpose.safetensors"),
                "depth": ("controlnet", "control_v11f1p_sd15_depth.safetensors"),
-               "sdxl": ("controlnet", "controlnet_sdxl_small_random.safetensors")}
+               "sdxl": ("controlnet", "controlnet_sdxl_small_random.safetensors"),
+               "t2i_full": ("controlnet", "t2iadapter_depth_sd15v2.safetensors"),
+               "t2i_light": ("controlnet", "t2iadapter_color_sd14v1.safetensors"),
+               "t2i_light_diffusers": ("controlnet", "t2iadapter_color_sd14v1_diffusers.safetensors"),
+               "controlnext": ("controlnet", "controlnext_sd15_controlnet.safetensors"),
+               "controlnext_unet": ("controlnet", "controlnext_sd15_unet_weight_increasements.safetensors")}
 
 
 def prepare_base(base: Path, weights: dict[str, Path], images: dict[str, "object"] | None = None) -> Path:
