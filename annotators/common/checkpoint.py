@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,6 +23,10 @@ KNOWN_SIGNATURES = {
     "Mconv7_stage6.weight": "the OpenPose hand model (hand_pose_model.pth)",
     "block5.projection.weight": "the ControlNet HED model (ControlNetHED.pth)",
     "depth_head.scratch.output_conv2.0.weight": "a Depth Anything (V1/V2) model",
+    "pretrained.model.patch_embed.backbone.stem.conv.weight": "the MiDaS DPT-Hybrid model (dpt_hybrid-midas-501f0c75.pt)",
+    "seed_bin_regressor._net.0.weight": "a ZoeDepth model (ZoeD_M12_N.pt)",
+    "depth_model.encoder_modules.conv1.weight": "the LeReS depth model (res101.pth)",
+    "encoder.original_model.conv_stem.weight": "the NormalBAE model (scannet.pt)",
     "input_blocks.0.0.weight": "a ControlNet / UNet checkpoint",
     "controlnet_cond_embedding.conv_in.weight": "a diffusers ControlNet",
 }
@@ -94,6 +99,34 @@ def identify(state: Mapping[str, torch.Tensor]) -> str | None:
         if key in state or any(name.endswith("." + key) for name in state):
             return description
     return None
+
+
+def require_tensor(
+    state: Mapping[str, torch.Tensor], key: str, *, ndim: int, path: str | Path, annotator: str, architecture: str
+) -> torch.Tensor:
+    """``state[key]`` if it is an ``ndim``-D tensor, else :class:`CheckpointMismatchError` saying what the file looks like.
+
+    Loaders read a few sizes from the file before the full key check; this names the file when even
+    those keys are absent (a file of another network).
+    """
+    tensor = state.get(key)
+    if tensor is not None and tensor.ndim == ndim:
+        return tensor
+    found = "missing" if tensor is None else f"of shape {list(tensor.shape)}"
+    message = (
+        f"{annotator}: weight file '{path}' does not hold {architecture}: key {key!r} ({ndim}-D) is {found}; "
+        f"found keys like {_preview(sorted(state))}."
+    )
+    looks_like = identify(state)
+    if looks_like and looks_like not in architecture:
+        message += f" The file looks like {looks_like}."
+    raise CheckpointMismatchError(message)
+
+
+def count_indexed(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """How many ``prefix{i}.`` entries (i = 0, 1, ...) the keys hold: the depth of a stored ModuleList."""
+    indices = {key[len(prefix) :].split(".", 1)[0] for key in state if key.startswith(prefix)}
+    return len({int(index) for index in indices if index.isdigit()})
 
 
 def _preview(keys: list[str]) -> str:
@@ -196,6 +229,17 @@ class SingleModelDetector:
     def to(self: DetectorT, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DetectorT:
         self.model.to(device=device, dtype=dtype)
         return self
+
+    def forward_in_chunks(
+        self, frames: np.ndarray, forward: Callable[[torch.Tensor], torch.Tensor], batch_size: int
+    ) -> np.ndarray:
+        """``forward`` over ``frames`` (a B×... uint8 array) ``batch_size`` at a time, on the model's
+        device; the float32 results are concatenated on the CPU."""
+        outputs = []
+        for start in range(0, len(frames), max(1, batch_size)):
+            chunk = torch.from_numpy(np.ascontiguousarray(frames[start : start + batch_size])).to(self.device)
+            outputs.append(forward(chunk).float().cpu().numpy())
+        return np.concatenate(outputs)
 
     @property
     def device(self) -> torch.device:
