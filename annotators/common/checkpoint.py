@@ -170,6 +170,20 @@ def check_state_dict(
     raise CheckpointMismatchError(message)
 
 
+def add_missing_batchnorm_counters(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
+    """``state`` plus a zero ``num_batches_tracked`` for each BatchNorm the file stores without one.
+
+    The counter only matters for training; files saved by PyTorch before 0.4.1 (or stripped by hand) lack it.
+    """
+    completed = dict(state)
+    for key in expected:
+        if key.endswith(".num_batches_tracked") and key not in completed and key.rsplit(".", 1)[0] + ".running_mean" in completed:
+            completed[key] = torch.zeros((), dtype=torch.long)
+    return completed
+
+
 def expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     """Key → shape table of a module's state dict (works on the meta device)."""
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}

@@ -22,7 +22,7 @@ from ..common.checkpoint import (
 from .model import MidasConfig, MidasDPTModel
 
 ANNOTATOR = "MiDaS depth"
-ARCHITECTURE = "the MiDaS v3.0 DPT-Hybrid network"
+ARCHITECTURE = "the MiDaS DPT-Hybrid model (dpt_hybrid-midas-501f0c75.pt)"
 WEIGHT_FILE = "dpt_hybrid-midas-501f0c75.pt"
 WEIGHT_SOURCE = "https://huggingface.co/lllyasviel/Annotators (dpt_hybrid-midas-501f0c75.pt)"
 _VIT = "pretrained.model."

@@ -13,7 +13,6 @@ decoder), so loading needs no renaming. Input: B×3×H×W RGB scaled to [-1, 1],
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..common.dpt import Attention, FeatureFusionBlock, Mlp, ProjectReadout
+from ..common.layers import pad_same
 
 
 @dataclass(frozen=True)
@@ -47,15 +47,6 @@ class MidasConfig:
 
 
 # --------------------------------------------------------------------------- ResNetV2 (BiT) backbone
-
-
-def pad_same(hidden: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
-    """TensorFlow "SAME" padding: output size ceil(in / stride), the odd pixel of padding at bottom/right."""
-    pads = []
-    for size in (hidden.shape[-1], hidden.shape[-2]):
-        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-        pads += [total // 2, total - total // 2]
-    return F.pad(hidden, pads, value=value) if any(pads) else hidden
 
 
 class StdConv2dSame(nn.Conv2d):
