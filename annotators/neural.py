@@ -158,3 +158,16 @@ def hed(
     batch = to_batch_uint8(images)
     detector = load_detector("hed", "HEDDetector", models_dir, device)
     return _gray_map(detector(batch, resolution=resolution, safe=safe))
+
+
+def depth_leres(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None,
+    thr_a: float = 0.0, thr_b: float = 0.0, boost: bool = False,
+) -> np.ndarray:
+    """LeReS depth (near = bright), gray ``B×H×W×3`` uint8; ``boost`` runs LeReS++ (needs latest_net_G.pth)."""
+    detector = load_detector("leres", "LeresDetector", models_dir, device)
+    return _gray_map(detector(to_batch_uint8(images), resolution=resolution, boost=boost, thr_a=thr_a, thr_b=thr_b))
+
+
+def depth_leres_boost(images: Any, **kwargs: Any) -> np.ndarray:
+    return depth_leres(images, boost=True, **kwargs)

@@ -335,6 +335,31 @@ _SPECS: tuple[AnnotatorSpec, ...] = (
         sample="coffee.png",
         batch_chunk=4,
     ),
+    AnnotatorSpec(
+        "depth_leres", "LeReS depth", "Relative depth (near = bright) from LeReS (ResNeXt-101).",
+        "neural:depth_leres",
+        (
+            _float("thr_a", 0.0, 0.0, 100.0, "Remove near depth: the nearest thr_a % of the range turns white.", 1.0),
+            _float("thr_b", 0.0, 0.0, 100.0, "Remove background: the farthest thr_b % of the range turns black.", 1.0),
+        ),
+        weights=(WeightFile("res101.pth", "https://huggingface.co/lllyasviel/Annotators"),),
+        sample="coffee.png",
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "depth_leres++", "LeReS++ depth", "LeReS boosted by merging resolutions and edge-dense patches (slow; frame by frame).",
+        "neural:depth_leres_boost",
+        (
+            _float("thr_a", 0.0, 0.0, 100.0, "Remove near depth: the nearest thr_a % of the range turns white.", 1.0),
+            _float("thr_b", 0.0, 0.0, 100.0, "Remove background: the farthest thr_b % of the range turns black.", 1.0),
+        ),
+        weights=(
+            WeightFile("res101.pth", "https://huggingface.co/lllyasviel/Annotators"),
+            WeightFile("latest_net_G.pth", "https://huggingface.co/lllyasviel/Annotators"),
+        ),
+        sample="coffee.png",
+        batch_chunk=1,
+    ),
     # --- end of depth and normal networks ----------------------------------------------------------
 )
 

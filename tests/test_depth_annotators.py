@@ -12,8 +12,12 @@ import torch
 from annotators import MissingWeightsError, annotator_names, get_spec, run_annotator
 from annotators.depth_anything_v2 import DepthAnythingV2, DepthAnythingV2Config, DepthAnythingV2Model
 from annotators.depth_anything_v2.checkpoint import config_from_state_dict as dav2_config
+from annotators.leres import MergeUNet
 from annotators.neural import _CACHE, clear_detector_cache
 from comfy_stub import import_preprocessor_nodes
+from test_leres import TINY as LERES_TINY
+from test_leres import TINY_MERGE
+from test_leres import random_model as leres_model
 from test_midas import TINY as MIDAS_TINY
 from test_midas import random_model as midas_model
 from test_normalbae import TINY as BAE_TINY
@@ -28,6 +32,8 @@ PUBLISHED_FILES = {
     "depth_anything_v2_vitb": ["depth_anything_v2_vitb.pth"],
     "depth_anything_v2_vitl": ["depth_anything_v2_vitl.pth"],
     "normal_bae": ["scannet.pt"],
+    "depth_leres": ["res101.pth"],
+    "depth_leres++": ["res101.pth", "latest_net_G.pth"],
 }
 
 
@@ -36,6 +42,9 @@ def models_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("annotators")
     torch.save(midas_model(MIDAS_TINY).state_dict(), folder / "dpt_hybrid-midas-501f0c75.pt")
     torch.save({"model": bae_model(BAE_TINY).state_dict()}, folder / "scannet.pt")
+    torch.save({"depth_model": leres_model(LERES_TINY).state_dict()}, folder / "res101.pth")
+    torch.manual_seed(0)
+    torch.save(MergeUNet(TINY_MERGE).state_dict(), folder / "latest_net_G.pth")
     # A (small) Depth Anything V2 file under the base model's name: the id must read that file.
     torch.save(DepthAnythingV2.random(seed=1).model.state_dict(), folder / "depth_anything_v2_vitb.pth")
     yield folder
@@ -50,15 +59,16 @@ def test_ids_and_published_file_names_are_registered():
         assert all(w.source.startswith("https://huggingface.co/") for w in spec.weights)
 
 
-@pytest.mark.parametrize("name", ["depth_midas", "normal_midas", "normal_bae", "depth_anything_v2_vitb"])
+@pytest.mark.parametrize("name", ["depth_midas", "normal_midas", "normal_bae", "depth_anything_v2_vitb", "depth_leres"])
 def test_runs_by_name_on_files_of_the_published_layout(name, models_dir):
     frames = np.random.default_rng(0).integers(0, 256, (2, 37, 53, 3), dtype=np.uint8)
     resolution = 70 if name.startswith("depth_anything") else 64
     result = run_annotator(name, frames, resolution=resolution, models_dir=str(models_dir))
     assert result.images.shape == (2, 37, 53, 3) and result.images.dtype == np.uint8
-    if name.startswith("depth"):  # gray, normalised per frame
+    if name.startswith("depth"):  # gray, normalised per frame (LeReS at detection size, as the reference)
         assert (result.images[..., 0] == result.images[..., 2]).all()
-        assert result.images.min() == 0 and result.images.max() == 255
+        for frame in result.images[..., 0].astype(int):
+            assert frame.max() - frame.min() >= 200
 
 
 def test_normal_midas_parameters_reach_the_map(models_dir):
@@ -89,6 +99,15 @@ def test_zoe_by_name_with_its_gamma_parameter(tmp_path):
         assert np.abs(gamma[..., 0] - expected).max() <= 2  # the plain map was rounded to 8 bits first
     finally:
         clear_detector_cache()
+
+
+def test_leres_thresholds_and_the_boosted_variant_by_name(models_dir):
+    frames = np.random.default_rng(3).integers(0, 256, (1, 48, 64, 3), dtype=np.uint8)
+    plain = run_annotator("depth_leres", frames, resolution=64, models_dir=str(models_dir)).images[..., 0]
+    cut = run_annotator("depth_leres", frames, resolution=64, models_dir=str(models_dir), thr_b=50).images[..., 0]
+    assert (cut[plain <= 100] == 0).all() and (cut[plain >= 160] == plain[plain >= 160]).all()
+    boosted = run_annotator("depth_leres++", frames, resolution=64, models_dir=str(models_dir)).images
+    assert boosted.shape == (1, 48, 64, 3) and boosted.dtype == np.uint8 and int(boosted.max()) - int(boosted.min()) > 100
 
 
 def test_missing_base_and_large_files_are_named(tmp_path):
@@ -128,6 +147,8 @@ def test_nodes_and_the_generic_dropdown(monkeypatch, tmp_path):
     assert normal["a"][1]["default"] == pytest.approx(2 * np.pi) and normal["bg_threshold"][1]["default"] == 0.1
     zoe = nodes.NODE_CLASS_MAPPINGS["ControlNetPack_DepthZoePreprocessor"].INPUT_TYPES()["required"]
     assert zoe["gamma_corrected"] == ("BOOLEAN", zoe["gamma_corrected"][1]) and zoe["resolution"][1]["default"] == 512
+    boosted = nodes.NODE_CLASS_MAPPINGS["ControlNetPack_DepthLeresPlusPlusPreprocessor"].INPUT_TYPES()["required"]
+    assert list(boosted) == ["image", "resolution", "thr_a", "thr_b"]
     assert isinstance(nodes, types.ModuleType)
 
 

@@ -25,14 +25,15 @@ KNOWN_SIGNATURES = {
     "depth_head.scratch.output_conv2.0.weight": "a Depth Anything (V1/V2) model",
     "pretrained.model.patch_embed.backbone.stem.conv.weight": "the MiDaS DPT-Hybrid model (dpt_hybrid-midas-501f0c75.pt)",
     "seed_bin_regressor._net.0.weight": "a ZoeDepth model (ZoeD_M12_N.pt)",
-    "depth_model.encoder_modules.conv1.weight": "the LeReS depth model (res101.pth)",
+    "depth_model.encoder_modules.encoder.conv1.weight": "the LeReS depth model (res101.pth)",
+    "model.model.1.model.1.weight": "the LeReS++ merging network (latest_net_G.pth)",
     "encoder.original_model.conv_stem.weight": "the NormalBAE model (scannet.pt)",
     "input_blocks.0.0.weight": "a ControlNet / UNet checkpoint",
     "controlnet_cond_embedding.conv_in.weight": "a diffusers ControlNet",
 }
 
 _SHOWN_KEYS = 5
-_WRAPPER_KEYS = ("state_dict", "model", "module", "net")
+_WRAPPER_KEYS = ("state_dict", "model", "depth_model", "module", "net")
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -52,7 +53,7 @@ def resolve_weight_file(models_dir: str | Path, file_name: str, *, annotator: st
 def read_state_dict(path: str | Path, *, annotator: str) -> dict[str, torch.Tensor]:
     """Load a flat ``name → tensor`` dict from ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin``.
 
-    Unwraps the usual ``{"state_dict": ...}`` / ``{"model": ...}`` containers and a DataParallel
+    Unwraps the usual ``{"state_dict": ...}`` / ``{"model": ...}`` / ``{"depth_model": ...}`` containers and a DataParallel
     ``module.`` prefix. Raises :class:`MissingWeightsError` if the file does not exist and
     :class:`CheckpointMismatchError` if it cannot be read (truncated, not a checkpoint, ...).
     """
