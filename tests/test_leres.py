@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from annotators.common import AnnotatorInputError, MissingWeightsError
+from annotator_factories import StandIn, assert_box, assert_missing_file_named, load_error, randomised, save_zeros_like
+from annotators.common import MissingWeightsError
 from annotators.leres import (
     MERGE_WEIGHT_FILE,
     WEIGHT_FILE,
@@ -75,15 +75,7 @@ TINY_MERGE = MergeConfig(levels=6, base_filters=4, size=64)
 
 
 def random_model(config: LeresConfig = TINY, seed: int = 0) -> LeresModel:
-    torch.manual_seed(seed)
-    model = LeresModel(config).eval()
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("running_var"):
-                tensor.uniform_(0.5, 1.5)
-            elif tensor.is_floating_point():
-                tensor.normal_(0.0, 0.1)
-    return model
+    return randomised(LeresModel(config), seed, std=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -143,16 +135,9 @@ def test_depth_to_map_quantises_inverts_and_thresholds_like_the_reference():
     assert depth_to_map(np.full((2, 2), 3.0)).tolist() == [[255.0, 255.0], [255.0, 255.0]]
 
 
-class DarknessAsDepth(nn.Module):
+def DarknessAsDepth() -> StandIn:
     """Stand-in network: depth = −(mean input), so bright pixels are near."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(1))
-        self.config = TINY
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return -image.mean(dim=1)
+    return StandIn(lambda image: -image.mean(dim=1))
 
 
 # Shrinking sizes: enlarging would add cubic ringing around the patch, and min-max would pick it up.
@@ -164,9 +149,7 @@ def test_maps_are_aligned_with_the_input_and_near_is_bright(size, resolution):
     image[top : top + 48, left : left + 36] = 255
     maps = LeresDetector(DarknessAsDepth())(image, resolution=resolution)[0]
     assert maps.shape == (height, width)
-    ys, xs = np.nonzero(maps > 0.5)
-    assert abs(ys.min() - top) <= 1 and abs(ys.max() - (top + 47)) <= 1
-    assert abs(xs.min() - left) <= 1 and abs(xs.max() - (left + 35)) <= 1
+    assert_box(maps > 0.5, top, left, 48, 36)
     assert maps[top + 24, left + 18] == pytest.approx(1.0) and maps[2, 2] == pytest.approx(0.0)
 
 
@@ -232,27 +215,19 @@ def test_boosted_maps_with_local_patches(weights_dir):
 
 
 def test_wrong_garbled_and_missing_files_get_clear_errors(weights_dir, tmp_path):
-    with torch.device("meta"):
-        shapes = MidasDPTModel(MidasConfig(depth=4, stage_depths=(1, 1, 1))).state_dict()
-    torch.save({k: torch.zeros(v.shape) for k, v in shapes.items()}, tmp_path / "dpt_hybrid-midas-501f0c75.pt")
-    with pytest.raises(AnnotatorInputError) as caught:
-        LeresDetector.from_file(tmp_path / "dpt_hybrid-midas-501f0c75.pt")
-    message = str(caught.value)
+    midas = save_zeros_like(lambda: MidasDPTModel(MidasConfig(depth=4, stage_depths=(1, 1, 1))), tmp_path / "dpt_hybrid-midas-501f0c75.pt")
+    message = load_error(LeresDetector.from_file, midas)
     assert "dpt_hybrid-midas-501f0c75.pt" in message and "LeReS" in message and "looks like the MiDaS" in message
 
     saved = torch.load(weights_dir / WEIGHT_FILE, map_location="cpu", weights_only=True)["depth_model"]
     del saved["module." + D + "conv1.bias"]
     saved["module." + E + "layer2.0.conv1.weight"] = torch.zeros(4, 31, 1, 1)
     torch.save({"depth_model": saved}, tmp_path / "garbled.pth")
-    with pytest.raises(AnnotatorInputError) as caught:
-        LeresDetector.from_file(tmp_path / "garbled.pth")
-    message = str(caught.value)
+    message = load_error(LeresDetector.from_file, tmp_path / "garbled.pth")
     assert "garbled.pth" in message and f"'{D}conv1.bias'" in message
     assert f"'{E}layer2.0.conv1.weight' expected [4, 32, 1, 1] found [4, 31, 1, 1]" in message
 
-    with pytest.raises(MissingWeightsError) as missing:
-        LeresDetector.from_folder(tmp_path)
-    assert WEIGHT_FILE in str(missing.value) and str(tmp_path) in str(missing.value)
+    assert_missing_file_named(LeresDetector.from_folder, tmp_path, WEIGHT_FILE)
     # Boost without the merge network names latest_net_G.pth and the folder.
     (tmp_path / "only").mkdir()
     torch.save({"depth_model": random_model().state_dict()}, tmp_path / "only" / WEIGHT_FILE)

@@ -7,9 +7,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from annotators.common import AnnotatorInputError, MissingWeightsError
+from annotator_factories import StandIn, assert_box, assert_missing_file_named, load_error, randomised, save_zeros_like
 from annotators.hed import HEDModel
 from annotators.midas import (
     WEIGHT_FILE,
@@ -72,12 +71,7 @@ TINY = MidasConfig(
 
 
 def random_model(config: MidasConfig = TINY, seed: int = 0) -> MidasDPTModel:
-    torch.manual_seed(seed)
-    model = MidasDPTModel(config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, 0.2)
-    return model
+    return randomised(MidasDPTModel(config), seed)
 
 
 @pytest.fixture(scope="module")
@@ -210,17 +204,9 @@ def test_depth_maps_come_back_normalised_at_the_input_size_and_batch_like_single
     assert normals.shape == (3, 45, 70, 3) and 0.0 <= normals.min() and normals.max() <= 1.0
 
 
-class BrightnessAsDisparity(nn.Module):
+def BrightnessAsDisparity() -> StandIn:
     """Stand-in network: disparity = mean input value, so the map must reproduce the picture."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(1))
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(image.clone())
-        return image.mean(dim=1)
+    return StandIn(lambda image: image.mean(dim=1))
 
 
 def test_input_is_scaled_to_minus_one_one():
@@ -243,9 +229,7 @@ def test_depth_is_aligned_with_the_input_and_near_is_bright(size, resolution):
     depth = MidasDetector(stub)(image, resolution=resolution)[0]
     _, _, net_h, net_w = stub.inputs[0].shape
     assert net_h % 64 == 0 and net_w % 64 == 0 and min(net_h, net_w) >= resolution
-    ys, xs = np.nonzero(depth > 0.5)
-    assert abs(ys.min() - top) <= 1 and abs(ys.max() - (top + 19)) <= 1
-    assert abs(xs.min() - left) <= 1 and abs(xs.max() - (left + 13)) <= 1
+    assert_box(depth > 0.5, top, left, 20, 14)
     assert depth[top + 10, left + 7] == pytest.approx(1.0, abs=0.02) and depth[2, 2] == pytest.approx(0.0, abs=1e-6)
 
 
@@ -266,22 +250,15 @@ def test_normals_of_a_tilted_plane_and_the_background_threshold():
 
 
 def test_wrong_garbled_and_missing_files_get_clear_errors(weights_dir, tmp_path):
-    torch.save(HEDModel().state_dict(), tmp_path / "ControlNetHED.pth")
-    with pytest.raises(AnnotatorInputError) as caught:
-        MidasDetector.from_file(tmp_path / "ControlNetHED.pth")
-    message = str(caught.value)
+    message = load_error(MidasDetector.from_file, save_zeros_like(HEDModel, tmp_path / "ControlNetHED.pth"))
     assert "ControlNetHED.pth" in message and "MiDaS" in message and "looks like the ControlNet HED model" in message
 
     state = torch.load(weights_dir / WEIGHT_FILE, map_location="cpu", weights_only=True)
     del state["scratch.refinenet3.out_conv.bias"]
     state["scratch.layer2_rn.weight"] = torch.zeros(32, 64, 3, 3)
     torch.save(state, tmp_path / "garbled.pt")
-    with pytest.raises(AnnotatorInputError) as caught:
-        MidasDetector.from_file(tmp_path / "garbled.pt")
-    message = str(caught.value)
+    message = load_error(MidasDetector.from_file, tmp_path / "garbled.pt")
     assert "garbled.pt" in message and "'scratch.refinenet3.out_conv.bias'" in message
     assert "'scratch.layer2_rn.weight' expected [32, 128, 3, 3] found [32, 64, 3, 3]" in message
 
-    with pytest.raises(MissingWeightsError) as missing:
-        MidasDetector.from_folder(tmp_path)
-    assert WEIGHT_FILE in str(missing.value) and str(tmp_path) in str(missing.value)
+    assert_missing_file_named(MidasDetector.from_folder, tmp_path, WEIGHT_FILE)

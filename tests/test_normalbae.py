@@ -7,9 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from annotators.common import AnnotatorInputError, MissingWeightsError
+from annotator_factories import StandIn, assert_box, assert_missing_file_named, load_error, randomised, save_zeros_like
 from annotators.midas import MidasConfig, MidasDPTModel
 from annotators.normalbae import (
     WEIGHT_FILE,
@@ -77,17 +76,7 @@ TINY = NormalBaeConfig(
 
 
 def random_model(config: NormalBaeConfig = TINY, seed: int = 0) -> NormalBaeModel:
-    torch.manual_seed(seed)
-    model = NormalBaeModel(config).eval()
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("running_var"):
-                tensor.uniform_(0.5, 1.5)
-            elif name.endswith("running_mean"):
-                tensor.normal_(0.0, 0.1)
-            elif tensor.is_floating_point():
-                tensor.normal_(0.0, 0.2)
-    return model
+    return randomised(NormalBaeModel(config), seed)
 
 
 @pytest.fixture(scope="module")
@@ -209,17 +198,9 @@ def test_maps_come_back_at_the_input_size_and_batch_like_single_frames(detector)
     np.testing.assert_allclose(maps, detector(batch, resolution=64, batch_size=2), atol=1e-4)
 
 
-class InputAsNormal(nn.Module):
-    """Stand-in network: normal = the normalised input itself (unnormalised), to see what goes in."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(1))
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(image.clone())
-        return torch.cat([image.clamp(-1, 1), torch.ones_like(image[:, :1])], dim=1)
+def InputAsNormal() -> StandIn:
+    """Stand-in network: normal = the normalised input itself (clamped), to see what goes in."""
+    return StandIn(lambda image: torch.cat([image.clamp(-1, 1), torch.ones_like(image[:, :1])], dim=1))
 
 
 def test_input_normalisation_and_alignment():
@@ -234,30 +215,20 @@ def test_input_normalisation_and_alignment():
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
     torch.testing.assert_close(seen[0, :, 0, 0], (0 - mean) / std)  # black → (0 - mean) / std
     torch.testing.assert_close(seen[0, :, 56, 105], (1 - mean) / std)  # inside the white patch (×128/90)
-    ys, xs = np.nonzero(maps[..., 0] > 0.9)  # red = (clamped input + 1) / 2: 1 inside the white patch
-    assert abs(ys.min() - top) <= 1 and abs(ys.max() - (top + 19)) <= 1
-    assert abs(xs.min() - left) <= 1 and abs(xs.max() - (left + 13)) <= 1
+    assert_box(maps[..., 0] > 0.9, top, left, 20, 14)  # red = (clamped input + 1) / 2: 1 inside the white patch
 
 
 def test_wrong_garbled_and_missing_files_get_clear_errors(weights_dir, tmp_path):
-    with torch.device("meta"):
-        midas_shapes = MidasDPTModel(MidasConfig(depth=4, stage_depths=(1, 1, 1))).state_dict()
-    torch.save({k: torch.zeros(v.shape) for k, v in midas_shapes.items()}, tmp_path / "dpt_hybrid-midas-501f0c75.pt")
-    with pytest.raises(AnnotatorInputError) as caught:
-        NormalBaeDetector.from_file(tmp_path / "dpt_hybrid-midas-501f0c75.pt")
-    message = str(caught.value)
+    midas = save_zeros_like(lambda: MidasDPTModel(MidasConfig(depth=4, stage_depths=(1, 1, 1))), tmp_path / "dpt_hybrid-midas-501f0c75.pt")
+    message = load_error(NormalBaeDetector.from_file, midas)
     assert "dpt_hybrid-midas-501f0c75.pt" in message and "NormalBAE" in message and "looks like the MiDaS" in message
 
     state = torch.load(weights_dir / WEIGHT_FILE, map_location="cpu", weights_only=True)["model"]
     del state["module.decoder.up2._net.4.running_var"]
     state["module.decoder.out_conv_res8.weight"] = torch.zeros(4, 15, 3, 3)
     torch.save({"model": state}, tmp_path / "garbled.pt")
-    with pytest.raises(AnnotatorInputError) as caught:
-        NormalBaeDetector.from_file(tmp_path / "garbled.pt")
-    message = str(caught.value)
+    message = load_error(NormalBaeDetector.from_file, tmp_path / "garbled.pt")
     assert "garbled.pt" in message and "'decoder.up2._net.4.running_var'" in message
     assert "'decoder.out_conv_res8.weight' expected [4, 16, 3, 3] found [4, 15, 3, 3]" in message
 
-    with pytest.raises(MissingWeightsError) as missing:
-        NormalBaeDetector.from_folder(tmp_path)
-    assert WEIGHT_FILE in str(missing.value) and str(tmp_path) in str(missing.value)
+    assert_missing_file_named(NormalBaeDetector.from_folder, tmp_path, WEIGHT_FILE)

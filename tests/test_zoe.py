@@ -9,9 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from annotators.common import AnnotatorInputError, MissingWeightsError
+from annotator_factories import StandIn, assert_box, assert_missing_file_named, load_error, randomised, save_zeros_like
 from annotators.normalbae import NormalBaeConfig, NormalBaeModel
 from annotators.zoe import (
     WEIGHT_FILE,
@@ -69,12 +68,7 @@ TINY = ZoeConfig(embed_dim=64, depth=4, num_heads=2, window=4, hooks=(0, 1, 2, 3
 
 
 def random_model(config: ZoeConfig = TINY, seed: int = 0) -> ZoeDepthModel:
-    torch.manual_seed(seed)
-    model = ZoeDepthModel(config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, 0.2)
-    return model
+    return randomised(ZoeDepthModel(config), seed)
 
 
 @pytest.fixture(scope="module")
@@ -201,20 +195,12 @@ def test_network_size_is_the_references_minimal_resize():
     assert model.network_size(1000, 300) == (384, 128)  # height 0.384 is nearer 1 than width 1.707
 
 
-class GrayAsDepth(nn.Module):
+def GrayAsDepth() -> StandIn:
     """Stand-in for ZoeDepthModel.forward: depth = 1 − gray, so bright (near) pixels get small depth."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(1))
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(image.clone())
-        return 1.0 - image.mean(dim=1, keepdim=True)
+    return StandIn(lambda image: 1.0 - image.mean(dim=1, keepdim=True))
 
 
-def stub_zoe() -> tuple[ZoeDepthModel, GrayAsDepth]:
+def stub_zoe() -> tuple[ZoeDepthModel, StandIn]:
     model = ZoeDepthModel(TINY)
     stub = GrayAsDepth()
     model.forward = stub.forward  # infer() calls self(...)
@@ -254,9 +240,7 @@ def test_maps_are_aligned_with_the_input_and_near_is_bright(size, resolution):
     image[top : top + 24, left : left + 18] = 255
     maps = ZoeDetector(model)(image, resolution=resolution)[0]
     assert maps.shape == (height, width)
-    ys, xs = np.nonzero(maps > 0.5)
-    assert abs(ys.min() - top) <= 1 and abs(ys.max() - (top + 23)) <= 1
-    assert abs(xs.min() - left) <= 1 and abs(xs.max() - (left + 17)) <= 1
+    assert_box(maps > 0.5, top, left, 24, 18)
     assert maps[top + 12, left + 9] == pytest.approx(1.0, abs=1e-3) and maps[2, 2] == pytest.approx(0.0, abs=1e-3)
 
 
@@ -273,24 +257,16 @@ def test_real_network_batches_like_single_frames():
 
 
 def test_wrong_garbled_and_missing_files_get_clear_errors(weights_dir, tmp_path):
-    with torch.device("meta"):
-        shapes = NormalBaeModel(NormalBaeConfig(stage_repeats=(1,) * 7)).state_dict()
-    torch.save({"model": {k: torch.zeros(v.shape) for k, v in shapes.items()}}, tmp_path / "scannet.pt")
-    with pytest.raises(AnnotatorInputError) as caught:
-        ZoeDetector.from_file(tmp_path / "scannet.pt")
-    message = str(caught.value)
+    normalbae = save_zeros_like(lambda: NormalBaeModel(NormalBaeConfig(stage_repeats=(1,) * 7)), tmp_path / "scannet.pt", "model")
+    message = load_error(ZoeDetector.from_file, normalbae)
     assert "scannet.pt" in message and "ZoeDepth" in message and "looks like the NormalBAE model" in message
 
     state = torch.load(weights_dir / WEIGHT_FILE, map_location="cpu", weights_only=True)["model"]
     del state["seed_projector._net.0.bias"]
     state["core.core.scratch.layer2_rn.weight"] = torch.zeros(32, 31, 3, 3)
     torch.save({"model": state}, tmp_path / "garbled.pt")
-    with pytest.raises(AnnotatorInputError) as caught:
-        ZoeDetector.from_file(tmp_path / "garbled.pt")
-    message = str(caught.value)
+    message = load_error(ZoeDetector.from_file, tmp_path / "garbled.pt")
     assert "garbled.pt" in message and "'seed_projector._net.0.bias'" in message
     assert "'core.core.scratch.layer2_rn.weight' expected [32, 32, 3, 3] found [32, 31, 3, 3]" in message
 
-    with pytest.raises(MissingWeightsError) as missing:
-        ZoeDetector.from_folder(tmp_path)
-    assert WEIGHT_FILE in str(missing.value) and str(tmp_path) in str(missing.value)
+    assert_missing_file_named(ZoeDetector.from_folder, tmp_path, WEIGHT_FILE)

@@ -208,6 +208,30 @@ def build_and_load(
     return model.eval()
 
 
+ConfigT = TypeVar("ConfigT")
+
+
+def load_checked(
+    path: str | Path,
+    *,
+    annotator: str,
+    architecture: str,
+    read_config: Callable[[dict[str, torch.Tensor], str | Path], ConfigT],
+    build: Callable[[ConfigT], ModuleT],
+    complete: Callable[[dict[str, torch.Tensor], Mapping[str, tuple[int, ...]], ConfigT], dict[str, torch.Tensor]] | None = None,
+) -> ModuleT:
+    """Read ``path``, size the network from it (``read_config``), check every key and shape against
+    ``build(config)`` (``complete`` may first add entries a valid file can lack) and load it."""
+    state = read_state_dict(path, annotator=annotator)
+    config = read_config(state, path)
+    with torch.device("meta"):
+        expected = expected_shapes(build(config))
+    if complete is not None:
+        state = complete(state, expected, config)
+    check_state_dict(state, expected, path=path, annotator=annotator, architecture=architecture)
+    return build_and_load(lambda: build(config), state)
+
+
 DetectorT = TypeVar("DetectorT", bound="SingleModelDetector")
 
 

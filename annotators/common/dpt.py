@@ -88,6 +88,41 @@ class ProjectReadout(nn.Module):
         return self.project(torch.cat((patches, readout), dim=-1))
 
 
+def readout_stack(dim: int, out_channels: int, resample: nn.Module | None = None) -> nn.Sequential:
+    """MiDaS' ``act_postprocess``: indices are the published keys: 0 the "project" readout, (1 transpose,
+    2 unflatten: no weights), 3 the 1×1 projection, 4 the level's resampling (when it has one)."""
+    layers: list[nn.Module] = [ProjectReadout(dim), nn.Identity(), nn.Identity(), nn.Conv2d(dim, out_channels, kernel_size=1)]
+    return nn.Sequential(*layers + ([resample] if resample is not None else []))
+
+
+def reassemble(stack: nn.Sequential, tokens: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """ViT tokens (class token first) → the level's feature map through a :func:`readout_stack`."""
+    patches = stack[0](tokens)
+    grid = patches.transpose(1, 2).reshape(patches.shape[0], -1, rows, cols)
+    for layer in stack[3:]:
+        grid = layer(grid)
+    return grid
+
+
+def midas_scratch(level_channels: tuple[int, ...], features: int) -> nn.Module:
+    """MiDaS' decoder (``scratch``): per-level 3×3 convs, four fusion blocks and the depth head
+    (conv, ×2 upsample, conv to 32, ReLU, conv to 1, ReLU)."""
+    scratch = nn.Module()
+    for level, in_channels in enumerate(level_channels, start=1):
+        setattr(scratch, f"layer{level}_rn", nn.Conv2d(in_channels, features, 3, padding=1, bias=False))
+    for level in range(1, 5):
+        setattr(scratch, f"refinenet{level}", FeatureFusionBlock(features))
+    scratch.output_conv = nn.Sequential(
+        nn.Conv2d(features, features // 2, kernel_size=3, padding=1),
+        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
+        nn.Conv2d(features // 2, 32, kernel_size=3, padding=1),
+        nn.ReLU(True),
+        nn.Conv2d(32, 1, kernel_size=1),
+        nn.ReLU(True),  # non-negative output
+    )
+    return scratch
+
+
 def normalise_images(images_uint8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """B×H×W×3 uint8 → B×3×H×W float, ``(x / 255 - mean) / std`` per channel."""
     image = images_uint8.permute(0, 3, 1, 2).float() / 255.0

@@ -11,14 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..common.checkpoint import (
-    build_and_load,
-    check_state_dict,
-    count_indexed,
-    expected_shapes,
-    read_state_dict,
-    require_tensor,
-)
+from ..common.checkpoint import count_indexed, load_checked, require_tensor
 from .model import LeresConfig, LeresModel, MergeConfig, MergeUNet
 
 ANNOTATOR = "LeReS depth"
@@ -55,12 +48,8 @@ def config_from_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> 
 
 def load_leres(path: str | Path) -> LeresModel:
     """Read, validate and load ``path`` into a :class:`LeresModel` (float32, eval mode, CPU)."""
-    state = read_state_dict(path, annotator=ANNOTATOR)
-    config = config_from_state_dict(state, path)
-    with torch.device("meta"):
-        expected = expected_shapes(LeresModel(config))
-    check_state_dict(state, expected, path=path, annotator=ANNOTATOR, architecture=ARCHITECTURE)
-    return build_and_load(lambda: LeresModel(config), state)
+    return load_checked(path, annotator=ANNOTATOR, architecture=ARCHITECTURE, read_config=config_from_state_dict,
+                        build=LeresModel)
 
 
 def merge_config_from_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> MergeConfig:
@@ -72,9 +61,5 @@ def merge_config_from_state_dict(state: dict[str, torch.Tensor], path: str | Pat
 
 def load_merge_unet(path: str | Path) -> MergeUNet:
     """Read, validate and load ``path`` into a :class:`MergeUNet` (float32, eval mode, CPU)."""
-    state = read_state_dict(path, annotator=ANNOTATOR)
-    config = merge_config_from_state_dict(state, path)
-    with torch.device("meta"):
-        expected = expected_shapes(MergeUNet(config))
-    check_state_dict(state, expected, path=path, annotator=ANNOTATOR, architecture=MERGE_ARCHITECTURE)
-    return build_and_load(lambda: MergeUNet(config), state)
+    return load_checked(path, annotator=ANNOTATOR, architecture=MERGE_ARCHITECTURE,
+                        read_config=merge_config_from_state_dict, build=MergeUNet)

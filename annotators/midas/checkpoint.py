@@ -11,14 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..common.checkpoint import (
-    build_and_load,
-    check_state_dict,
-    count_indexed,
-    expected_shapes,
-    read_state_dict,
-    require_tensor,
-)
+from ..common.checkpoint import count_indexed, load_checked, require_tensor
 from .model import MidasConfig, MidasDPTModel
 
 ANNOTATOR = "MiDaS depth"
@@ -59,9 +52,5 @@ def config_from_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> 
 
 def load_midas(path: str | Path) -> MidasDPTModel:
     """Read, validate and load ``path`` into a :class:`MidasDPTModel` (float32, eval mode, CPU)."""
-    state = read_state_dict(path, annotator=ANNOTATOR)
-    config = config_from_state_dict(state, path)
-    with torch.device("meta"):
-        expected = expected_shapes(MidasDPTModel(config))
-    check_state_dict(state, expected, path=path, annotator=ANNOTATOR, architecture=ARCHITECTURE)
-    return build_and_load(lambda: MidasDPTModel(config), state)
+    return load_checked(path, annotator=ANNOTATOR, architecture=ARCHITECTURE, read_config=config_from_state_dict,
+                        build=MidasDPTModel)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common.dpt import Attention, FeatureFusionBlock, Mlp, ProjectReadout
+from ..common.dpt import Attention, Mlp, midas_scratch, reassemble, readout_stack
 from ..common.layers import pad_same
 
 
@@ -208,28 +208,11 @@ class MidasDPTModel(nn.Module):
         channels = config.level_channels
         self.pretrained = nn.Module()
         self.pretrained.model = VisionTransformerHybrid(config)
-        # Sequential indices are the published keys: 0 readout, (1 transpose, 2 unflatten: no weights),
-        # 3 the 1×1 projection, 4 the resampling conv of level 4.
-        self.pretrained.act_postprocess3 = nn.Sequential(
-            ProjectReadout(dim), nn.Identity(), nn.Identity(), nn.Conv2d(dim, channels[2], kernel_size=1)
+        self.pretrained.act_postprocess3 = readout_stack(dim, channels[2])
+        self.pretrained.act_postprocess4 = readout_stack(
+            dim, channels[3], nn.Conv2d(channels[3], channels[3], kernel_size=3, stride=2, padding=1)
         )
-        self.pretrained.act_postprocess4 = nn.Sequential(
-            ProjectReadout(dim), nn.Identity(), nn.Identity(), nn.Conv2d(dim, channels[3], kernel_size=1),
-            nn.Conv2d(channels[3], channels[3], kernel_size=3, stride=2, padding=1),
-        )
-        self.scratch = nn.Module()
-        for level, in_channels in enumerate(channels, start=1):
-            setattr(self.scratch, f"layer{level}_rn", nn.Conv2d(in_channels, features, 3, padding=1, bias=False))
-        for level in range(1, 5):
-            setattr(self.scratch, f"refinenet{level}", FeatureFusionBlock(features))
-        self.scratch.output_conv = nn.Sequential(
-            nn.Conv2d(features, features // 2, kernel_size=3, padding=1),
-            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
-            nn.Conv2d(features // 2, 32, kernel_size=3, padding=1),
-            nn.ReLU(True),
-            nn.Conv2d(32, 1, kernel_size=1),
-            nn.ReLU(True),  # non-negative output
-        )
+        self.scratch = midas_scratch(channels, features)
 
     def encode(self, image: torch.Tensor) -> list[torch.Tensor]:
         """The four decoder inputs: ResNet stages 1 and 2 (strides 4, 8), ViT levels (strides 16, 32)."""
@@ -244,14 +227,8 @@ class MidasDPTModel(nn.Module):
             tokens = block(tokens)
             if index in self.config.hooks:
                 hooked[index] = tokens
-        levels = [stage1, stage2]
-        for postprocess, hook in zip((self.pretrained.act_postprocess3, self.pretrained.act_postprocess4), self.config.hooks):
-            patches = postprocess[0](hooked[hook])
-            grid = patches.transpose(1, 2).reshape(patches.shape[0], -1, rows, cols)
-            for layer in postprocess[3:]:
-                grid = layer(grid)
-            levels.append(grid)
-        return levels
+        stacks = (self.pretrained.act_postprocess3, self.pretrained.act_postprocess4)
+        return [stage1, stage2] + [reassemble(stack, hooked[hook], rows, cols) for stack, hook in zip(stacks, self.config.hooks)]
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.shape[-2] % 32 or image.shape[-1] % 32:

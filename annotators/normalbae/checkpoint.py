@@ -9,15 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..common.checkpoint import (
-    add_missing_batchnorm_counters,
-    build_and_load,
-    check_state_dict,
-    count_indexed,
-    expected_shapes,
-    read_state_dict,
-    require_tensor,
-)
+from ..common.checkpoint import add_missing_batchnorm_counters, count_indexed, load_checked, require_tensor
 from .model import EFFICIENTNET_STAGES, NormalBaeConfig, NormalBaeModel
 
 ANNOTATOR = "NormalBAE"
@@ -49,10 +41,5 @@ def config_from_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> 
 
 def load_normalbae(path: str | Path) -> NormalBaeModel:
     """Read, validate and load ``path`` into a :class:`NormalBaeModel` (float32, eval mode, CPU)."""
-    state = read_state_dict(path, annotator=ANNOTATOR)
-    config = config_from_state_dict(state, path)
-    with torch.device("meta"):
-        expected = expected_shapes(NormalBaeModel(config))
-    state = add_missing_batchnorm_counters(state, expected)
-    check_state_dict(state, expected, path=path, annotator=ANNOTATOR, architecture=ARCHITECTURE)
-    return build_and_load(lambda: NormalBaeModel(config), state)
+    return load_checked(path, annotator=ANNOTATOR, architecture=ARCHITECTURE, read_config=config_from_state_dict,
+                        build=NormalBaeModel, complete=lambda state, expected, _: add_missing_batchnorm_counters(state, expected))

@@ -13,14 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..common.checkpoint import (
-    build_and_load,
-    check_state_dict,
-    count_indexed,
-    expected_shapes,
-    read_state_dict,
-    require_tensor,
-)
+from ..common.checkpoint import count_indexed, load_checked, require_tensor
 from .model import ZoeConfig, ZoeDepthModel, relative_position_index
 
 ANNOTATOR = "ZoeDepth"
@@ -57,12 +50,14 @@ def config_from_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> 
 
 def load_zoe(path: str | Path) -> ZoeDepthModel:
     """Read, validate and load ``path`` into a :class:`ZoeDepthModel` (float32, eval mode, CPU)."""
-    state = read_state_dict(path, annotator=ANNOTATOR)
-    config = config_from_state_dict(state, path)
+    return load_checked(path, annotator=ANNOTATOR, architecture=ARCHITECTURE, read_config=config_from_state_dict,
+                        build=ZoeDepthModel, complete=_add_position_indices)
+
+
+def _add_position_indices(state: dict[str, torch.Tensor], expected: object, config: ZoeConfig) -> dict[str, torch.Tensor]:
+    """Files saved with timm ≥ 0.9 lack the (constant) relative_position_index buffers: recompute them."""
     index = relative_position_index(config.window, config.window)
+    completed = dict(state)
     for block in range(config.depth):
-        state.setdefault(_BEIT + f"blocks.{block}.attn.relative_position_index", index)
-    with torch.device("meta"):
-        expected = expected_shapes(ZoeDepthModel(config))
-    check_state_dict(state, expected, path=path, annotator=ANNOTATOR, architecture=ARCHITECTURE)
-    return build_and_load(lambda: ZoeDepthModel(config), state)
+        completed.setdefault(_BEIT + f"blocks.{block}.attn.relative_position_index", index)
+    return completed

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common.dpt import FeatureFusionBlock, Mlp, ProjectReadout
+from ..common.dpt import Mlp, midas_scratch, reassemble, readout_stack
 
 
 @dataclass(frozen=True)
@@ -158,30 +158,15 @@ class MidasBeit(nn.Module):
         dim, features, channels = config.embed_dim, config.features, config.level_channels
         self.pretrained = nn.Module()
         self.pretrained.model = Beit(config)
-        # Sequential indices are the published keys: 0 readout, (1 transpose, 2 unflatten: no weights),
-        # 3 the 1×1 projection, 4 the resampling of the level (×4, ×2, none, ÷2).
-        resamplers = (
+        resamplers = (  # each level's resampling: ×4, ×2, none, ÷2
             nn.ConvTranspose2d(channels[0], channels[0], kernel_size=4, stride=4),
             nn.ConvTranspose2d(channels[1], channels[1], kernel_size=2, stride=2),
             None,
             nn.Conv2d(channels[3], channels[3], kernel_size=3, stride=2, padding=1),
         )
         for level, (out_channels, resample) in enumerate(zip(channels, resamplers), start=1):
-            layers = [ProjectReadout(dim), nn.Identity(), nn.Identity(), nn.Conv2d(dim, out_channels, kernel_size=1)]
-            setattr(self.pretrained, f"act_postprocess{level}", nn.Sequential(*layers + ([resample] if resample else [])))
-        self.scratch = nn.Module()
-        for level, in_channels in enumerate(channels, start=1):
-            setattr(self.scratch, f"layer{level}_rn", nn.Conv2d(in_channels, features, 3, padding=1, bias=False))
-        for level in range(1, 5):
-            setattr(self.scratch, f"refinenet{level}", FeatureFusionBlock(features))
-        self.scratch.output_conv = nn.Sequential(
-            nn.Conv2d(features, features // 2, kernel_size=3, padding=1),
-            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
-            nn.Conv2d(features // 2, 32, kernel_size=3, padding=1),
-            nn.ReLU(True),
-            nn.Conv2d(32, 1, kernel_size=1),
-            nn.ReLU(True),
-        )
+            setattr(self.pretrained, f"act_postprocess{level}", readout_stack(dim, out_channels, resample))
+        self.scratch = midas_scratch(channels, features)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Relative depth (B×H×W) and the features the metric head reads: the 32-channel map before the
@@ -194,12 +179,8 @@ class MidasBeit(nn.Module):
         for index, block in enumerate(beit.blocks[: max(self.config.hooks) + 1]):
             tokens = block(tokens, rows, cols)
             if index in self.config.hooks:
-                postprocess = getattr(self.pretrained, f"act_postprocess{len(levels) + 1}")
-                patches = postprocess[0](tokens)
-                grid = patches.transpose(1, 2).reshape(patches.shape[0], -1, rows, cols)
-                for layer in postprocess[3:]:
-                    grid = layer(grid)
-                levels.append(grid)
+                stack = getattr(self.pretrained, f"act_postprocess{len(levels) + 1}")
+                levels.append(reassemble(stack, tokens, rows, cols))
         scratch = self.scratch
         level1, level2, level3, level4 = (getattr(scratch, f"layer{i}_rn")(level) for i, level in enumerate(levels, 1))
         path4 = scratch.refinenet4(level4, size=level3.shape[2:])
