@@ -5,7 +5,9 @@
 (from the repository root, so `annotators` is importable).
 
 Prints frames per second for canny, lines, pose render and depth (Depth Anything V2 small with
-random weights of the published architecture: speed does not depend on the weight values).
+random weights of the published architecture: speed does not depend on the weight values); the
+depth/normal networks (MiDaS, ZoeDepth, NormalBAE, Depth Anything V2 base/large, LeReS) run the same way
+with ``--only midas,zoe,normalbae,dav2b,dav2l,leres``.
 The naive loop calls the same annotator once per frame, as a per-image preprocessor node does
 (for pose render: parse + render one frame per call).
 An annotator whose module is missing is skipped with a note. Input: the bundled astronaut photo
