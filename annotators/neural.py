@@ -1,5 +1,5 @@
 """Adapters from the registry's calling convention to the neural annotators (OpenPose, Depth Anything
-V2, HED). Their packages are imported only here and only when first run, and loaded detectors are
+V2, HED, MiDaS, ZoeDepth, NormalBAE, LeReS). Their packages are imported only here and only when first run, and loaded detectors are
 cached per (detector, weights folder, device) so a batch of video frames loads weights once.
 """
 from __future__ import annotations
@@ -30,13 +30,16 @@ def _neural_module(name: str) -> Any:
     return importlib.import_module(f".{name}", __package__)
 
 
-def load_detector(module_name: str, class_name: str, models_dir: str | None, device: Any = None) -> Any:
-    """``module.Class.from_folder(models_dir)``, moved to ``device`` when given, cached."""
+def load_detector(
+    module_name: str, class_name: str, models_dir: str | None, device: Any = None, file_name: str | None = None
+) -> Any:
+    """``module.Class.from_folder(models_dir[, file_name])``, moved to ``device`` when given, cached."""
     folder = str(Path(models_dir or default_models_dir()).expanduser().resolve())
-    key = (f"{module_name}.{class_name}", folder, str(device))
+    key = (f"{module_name}.{class_name}:{file_name or ''}", folder, str(device))
     with _CACHE_LOCK:
         if key not in _CACHE:
-            detector = getattr(_neural_module(module_name), class_name).from_folder(folder)
+            loader = getattr(_neural_module(module_name), class_name)
+            detector = loader.from_folder(folder, file_name) if file_name else loader.from_folder(folder)
             if device is not None and hasattr(detector, "to"):
                 detector = detector.to(device) or detector
             _CACHE[key] = detector
@@ -91,13 +94,61 @@ def pose_render(
 
 
 def depth_anything_v2(
-    images: Any, *, resolution: int = 518, models_dir: str | None = None, device: Any = None
+    images: Any, *, resolution: int = 518, models_dir: str | None = None, device: Any = None, encoder: str = "vits"
 ) -> np.ndarray:
-    """Relative depth, near = bright, as a gray ``B×H×W×3`` uint8 map at the input size."""
+    """Relative depth, near = bright, as a gray ``B×H×W×3`` uint8 map at the input size.
+
+    ``encoder`` picks the published file: vits (small), vitb (base) or vitl (large)."""
     batch = to_batch_uint8(images)
-    detector = load_detector("depth_anything_v2", "DepthAnythingV2", models_dir, device)
-    depth = np.asarray(detector(batch, resolution=resolution), dtype=np.float32)
-    return gray_to_rgb(np.clip(np.rint(depth * 255.0), 0, 255).astype(np.uint8))
+    file_name = None if encoder == "vits" else f"depth_anything_v2_{encoder}.pth"
+    detector = load_detector("depth_anything_v2", "DepthAnythingV2", models_dir, device, file_name)
+    return _gray_map(detector(batch, resolution=resolution))
+
+
+def depth_anything_v2_vitb(images: Any, **kwargs: Any) -> np.ndarray:
+    return depth_anything_v2(images, encoder="vitb", **kwargs)
+
+
+def depth_anything_v2_vitl(images: Any, **kwargs: Any) -> np.ndarray:
+    return depth_anything_v2(images, encoder="vitl", **kwargs)
+
+
+def _gray_map(values: Any) -> np.ndarray:
+    """B×H×W floats in [0, 1] → gray ``B×H×W×3`` uint8 (rounded to nearest)."""
+    return gray_to_rgb(_to_uint8(values))
+
+
+def _to_uint8(values: Any) -> np.ndarray:
+    return np.clip(np.rint(np.asarray(values, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def depth_midas(images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None) -> np.ndarray:
+    """MiDaS DPT-Hybrid relative depth, near = bright, gray ``B×H×W×3`` uint8 at the input size."""
+    detector = load_detector("midas", "MidasDetector", models_dir, device)
+    return _gray_map(detector(to_batch_uint8(images), resolution=resolution))
+
+
+def normal_midas(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None,
+    a: float = 2 * np.pi, bg_threshold: float = 0.1,
+) -> np.ndarray:
+    """ControlNet 1.0 normal map from MiDaS depth, ``B×H×W×3`` uint8 at the input size."""
+    detector = load_detector("midas", "MidasDetector", models_dir, device)
+    return _to_uint8(detector.normals(to_batch_uint8(images), resolution=resolution, a=a, bg_threshold=bg_threshold))
+
+
+def depth_zoe(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None, gamma_corrected: bool = False
+) -> np.ndarray:
+    """ZoeDepth map (percentile-normalised metric depth, near = bright), gray ``B×H×W×3`` uint8."""
+    detector = load_detector("zoe", "ZoeDetector", models_dir, device)
+    return _gray_map(detector(to_batch_uint8(images), resolution=resolution, gamma_corrected=gamma_corrected))
+
+
+def normal_bae(images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None) -> np.ndarray:
+    """NormalBAE surface normals (ControlNet 1.1 normalbae), ``B×H×W×3`` uint8 at the input size."""
+    detector = load_detector("normalbae", "NormalBaeDetector", models_dir, device)
+    return _to_uint8(detector(to_batch_uint8(images), resolution=resolution))
 
 
 def hed(
@@ -106,5 +157,17 @@ def hed(
     """HED soft edges as a gray ``B×H×W×3`` uint8 map at the input size."""
     batch = to_batch_uint8(images)
     detector = load_detector("hed", "HEDDetector", models_dir, device)
-    edges = np.asarray(detector(batch, resolution=resolution, safe=safe), dtype=np.float32)
-    return gray_to_rgb(np.clip(np.rint(edges * 255.0), 0, 255).astype(np.uint8))
+    return _gray_map(detector(batch, resolution=resolution, safe=safe))
+
+
+def depth_leres(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None,
+    thr_a: float = 0.0, thr_b: float = 0.0, boost: bool = False,
+) -> np.ndarray:
+    """LeReS depth (near = bright), gray ``B×H×W×3`` uint8; ``boost`` runs LeReS++ (needs latest_net_G.pth)."""
+    detector = load_detector("leres", "LeresDetector", models_dir, device)
+    return _gray_map(detector(to_batch_uint8(images), resolution=resolution, boost=boost, thr_a=thr_a, thr_b=thr_b))
+
+
+def depth_leres_boost(images: Any, **kwargs: Any) -> np.ndarray:
+    return depth_leres(images, boost=True, **kwargs)

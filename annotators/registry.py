@@ -281,6 +281,86 @@ _SPECS: tuple[AnnotatorSpec, ...] = (
         weights=(WeightFile("ControlNetHED.pth", "https://huggingface.co/lllyasviel/Annotators"),),
         batch_chunk=4,
     ),
+    # --- depth and normal networks (issue 11) ---------------------------------------------------
+    AnnotatorSpec(
+        "depth_midas", "MiDaS depth", "Relative depth (near = bright) from MiDaS v3.0 DPT-Hybrid (ControlNet 1.1 depth).",
+        "neural:depth_midas",
+        (),
+        weights=(WeightFile("dpt_hybrid-midas-501f0c75.pt", "https://huggingface.co/lllyasviel/Annotators"),),
+        sample="coffee.png",
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "normal_midas", "MiDaS normals", "ControlNet 1.0 normal map from MiDaS depth (slopes; the background faces the camera).",
+        "neural:normal_midas",
+        (
+            _float("a", float(2 * np.pi), 0.0, float(5 * np.pi), "Normal z component: larger = flatter normals.", 0.01),
+            _float("bg_threshold", 0.1, 0.0, 1.0, "Normalised depth below this is background, drawn facing the camera.", 0.01),
+        ),
+        weights=(WeightFile("dpt_hybrid-midas-501f0c75.pt", "https://huggingface.co/lllyasviel/Annotators"),),
+        sample="coffee.png",
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "depth_zoe", "ZoeDepth", "Metric depth from ZoeDepth (ZoeD_N), mapped near = bright by its percentiles.",
+        "neural:depth_zoe",
+        (_bool("gamma_corrected", False, "Raise the map to the power 2.2 (darker midtones)."),),
+        weights=(WeightFile("ZoeD_M12_N.pt", "https://huggingface.co/lllyasviel/Annotators"),),
+        sample="coffee.png",
+        batch_chunk=2,
+    ),
+    AnnotatorSpec(
+        "depth_anything_v2_vitb", "Depth Anything V2 (base)", "Relative depth (near = bright) from Depth Anything V2 base.",
+        "neural:depth_anything_v2_vitb",
+        (),
+        default_resolution=518,
+        weights=(WeightFile("depth_anything_v2_vitb.pth", "https://huggingface.co/depth-anything/Depth-Anything-V2-Base"),),
+        sample="coffee.png",
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "depth_anything_v2_vitl", "Depth Anything V2 (large)", "Relative depth (near = bright) from Depth Anything V2 large.",
+        "neural:depth_anything_v2_vitl",
+        (),
+        default_resolution=518,
+        weights=(WeightFile("depth_anything_v2_vitl.pth", "https://huggingface.co/depth-anything/Depth-Anything-V2-Large"),),
+        sample="coffee.png",
+        batch_chunk=2,
+    ),
+    AnnotatorSpec(
+        "normal_bae", "NormalBAE normals", "Surface normals from NormalBAE (ControlNet 1.1 normalbae).",
+        "neural:normal_bae",
+        (),
+        weights=(WeightFile("scannet.pt", "https://huggingface.co/lllyasviel/Annotators"),),
+        sample="coffee.png",
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "depth_leres", "LeReS depth", "Relative depth (near = bright) from LeReS (ResNeXt-101).",
+        "neural:depth_leres",
+        (
+            _float("thr_a", 0.0, 0.0, 100.0, "Remove near depth: the nearest thr_a % of the range turns white.", 1.0),
+            _float("thr_b", 0.0, 0.0, 100.0, "Remove background: the farthest thr_b % of the range turns black.", 1.0),
+        ),
+        weights=(WeightFile("res101.pth", "https://huggingface.co/lllyasviel/Annotators"),),
+        sample="coffee.png",
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "depth_leres++", "LeReS++ depth", "LeReS boosted by merging resolutions and edge-dense patches (slow; frame by frame).",
+        "neural:depth_leres_boost",
+        (
+            _float("thr_a", 0.0, 0.0, 100.0, "Remove near depth: the nearest thr_a % of the range turns white.", 1.0),
+            _float("thr_b", 0.0, 0.0, 100.0, "Remove background: the farthest thr_b % of the range turns black.", 1.0),
+        ),
+        weights=(
+            WeightFile("res101.pth", "https://huggingface.co/lllyasviel/Annotators"),
+            WeightFile("latest_net_G.pth", "https://huggingface.co/lllyasviel/Annotators"),
+        ),
+        sample="coffee.png",
+        batch_chunk=1,
+    ),
+    # --- end of depth and normal networks ----------------------------------------------------------
 )
 
 REGISTRY: dict[str, AnnotatorSpec] = {spec.name: spec for spec in _SPECS}

@@ -5,7 +5,9 @@
 (from the repository root, so `annotators` is importable).
 
 Prints frames per second for canny, lines, pose render and depth (Depth Anything V2 small with
-random weights of the published architecture: speed does not depend on the weight values).
+random weights of the published architecture: speed does not depend on the weight values); the
+depth/normal networks (MiDaS, ZoeDepth, NormalBAE, Depth Anything V2 base/large, LeReS) run the same way
+with ``--only midas,zoe,normalbae,dav2b,dav2l,leres``.
 The naive loop calls the same annotator once per frame, as a per-image preprocessor node does
 (for pose render: parse + render one frame per call).
 An annotator whose module is missing is skipped with a note. Input: the bundled astronaut photo
@@ -67,9 +69,17 @@ def best_seconds(run: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def compare(batched: Callable[[], object], naive: Callable[[], object], frames: int, repeats: int) -> tuple[float, float]:
-    """Best-of-``repeats`` frames per second of both, runs interleaved so load drift hits both alike."""
-    batched(), naive()  # warm-up: imports, thread pool, kernels
+def compare(
+    batched: Callable[[], object], naive: Callable[[], object], frames: int, repeats: int,
+    warmup: Callable[[], object] | None = None,
+) -> tuple[float, float]:
+    """Best-of-``repeats`` frames per second of both, runs interleaved so load drift hits both alike.
+
+    ``warmup`` (default: one run of each) loads imports, thread pools and kernels first."""
+    if warmup is None:
+        batched(), naive()
+    else:
+        warmup()
     fast = slow = math.inf
     for _ in range(repeats):
         fast = min(fast, best_seconds(batched))
@@ -83,7 +93,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cpu", help="torch device for depth (cpu, cuda)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", default="canny,lines,pose,depth", help="comma-separated subset to run")
+    parser.add_argument("--only", default="canny,lines,pose,depth", help="comma-separated subset to run; "
+                        "depth/normal networks: " + ",".join(DEPTH_NETWORKS))
     args = parser.parse_args()
 
     import torch
@@ -94,9 +105,10 @@ def main() -> None:
           f"{os.cpu_count()} CPU cores, torch {torch.__version__}, device {args.device} ({device_name})")
     print(f"{'annotator':<16}{'batched fps':>12}{'naive fps':>12}{'speed-up':>10}")
 
-    def report(name: str, batched: Callable[[], object], naive: Callable[[], object], repeats: int) -> None:
-        fast, slow = compare(batched, naive, args.batch, repeats)
-        print(f"{name:<16}{fast:>12.1f}{slow:>12.1f}{fast / slow:>9.2f}×", flush=True)
+    def report(name: str, batched: Callable[[], object], naive: Callable[[], object], repeats: int,
+               warmup: Callable[[], object] | None = None) -> None:
+        fast, slow = compare(batched, naive, args.batch, repeats, warmup)
+        print(f"{name:<16}{fast:>12.3g}{slow:>12.3g}{fast / slow:>9.2f}×", flush=True)
 
     resolution = args.size
     chosen = set(args.only.split(","))
@@ -111,6 +123,9 @@ def main() -> None:
         bench_pose_render(args, report)
     if "depth" in chosen:
         bench_depth(args, batch, report)
+    for name in DEPTH_NETWORKS:
+        if name in chosen:
+            bench_network(name, args, batch, report)
 
 
 def bench_pose_render(args: argparse.Namespace, report: Callable) -> None:
@@ -136,6 +151,35 @@ def bench_depth(args: argparse.Namespace, batch: np.ndarray, report: Callable) -
     repeats = max(1, args.repeats if args.device != "cpu" else 1)  # ~minutes per pass on a small CPU
     report("depth (DAv2-S)", lambda: depth(batch, resolution=518),
            lambda: [depth(frame[None], resolution=518) for frame in batch], repeats)
+
+
+# Depth and normal networks of the published sizes with random weights: name → (label, detector factory, resolution).
+DEPTH_NETWORKS = {
+    "midas": ("MiDaS DPT-Hybrid", "annotators.midas:MidasDetector", {}, 512),
+    "zoe": ("ZoeDepth (ZoeD_N)", "annotators.zoe:ZoeDetector", {}, 512),
+    "normalbae": ("NormalBAE", "annotators.normalbae:NormalBaeDetector", {}, 512),
+    "dav2b": ("DAv2 base", "annotators.depth_anything_v2:DepthAnythingV2", {"encoder": "vitb"}, 518),
+    "dav2l": ("DAv2 large", "annotators.depth_anything_v2:DepthAnythingV2", {"encoder": "vitl"}, 518),
+    "leres": ("LeReS", "annotators.leres:LeresDetector", {}, 512),
+}
+
+
+def bench_network(name: str, args: argparse.Namespace, batch: np.ndarray, report: Callable) -> None:
+    import importlib
+
+    label, target, kwargs, resolution = DEPTH_NETWORKS[name]
+    module_name, class_name = target.split(":")
+    try:
+        detector_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        print(f"{label:<16}skipped: {error}")
+        return
+    detector = detector_class.random(seed=0, **kwargs).to(args.device)
+    repeats = max(1, args.repeats if args.device != "cpu" else 1)  # minutes per pass on a small CPU
+    # Warm up on two frames only: one pass over the batch takes minutes on a small CPU.
+    report(label[:16], lambda: detector(batch, resolution=resolution),
+           lambda: [detector(frame[None], resolution=resolution) for frame in batch], repeats,
+           warmup=lambda: detector(batch[:2], resolution=resolution))
 
 
 if __name__ == "__main__":

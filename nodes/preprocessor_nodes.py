@@ -165,6 +165,11 @@ class Preprocessor:
         return returned
 
 
+def node_class_name(spec: AnnotatorSpec) -> str:
+    """``depth_leres++`` → ``DepthLeresPlusPlusPreprocessor``: letters and digits only, so the key is URL-safe."""
+    return f"{spec.name.title().replace('_', '').replace('+', 'Plus')}Preprocessor"
+
+
 def _dedicated_node(spec: AnnotatorSpec) -> type:
     """A node class exposing every parameter of ``spec``."""
     name, comfy_type, tooltip = PRIMARY_INPUTS[spec.input_kind]
@@ -185,7 +190,7 @@ def _dedicated_node(spec: AnnotatorSpec) -> type:
         return run_node(spec, primary, resolution=resolution, mask=mask, **kwargs)
 
     return type(
-        f"{spec.name.title().replace('_', '')}Preprocessor",
+        node_class_name(spec),
         (),
         {
             "DESCRIPTION": f"{spec.description} Output at the input's size, aligned pixel for pixel.{weights}",
@@ -203,6 +208,6 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {f"{KEY_PREFIX}Preprocessor": Preprocesso
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {f"{KEY_PREFIX}Preprocessor": "Preprocessor"}
 for _spec in REGISTRY.values():
     if _spec.params:
-        _key = f"{KEY_PREFIX}{_spec.name.title().replace('_', '')}Preprocessor"
+        _key = KEY_PREFIX + node_class_name(_spec)
         NODE_CLASS_MAPPINGS[_key] = _dedicated_node(_spec)
         NODE_DISPLAY_NAME_MAPPINGS[_key] = f"{_spec.display_name} Preprocessor" if _spec.input_kind != INPUT_POSE else _spec.display_name

@@ -1,5 +1,5 @@
 """Shared input handling for all annotators: errors, image normalisation, resolution round trip."""
-from .batch import gray_to_rgb, map_frames, rgb_to_gray
+from .batch import gray_to_rgb, map_frames, normalise_per_image, rgb_to_gray
 from .errors import AnnotatorInputError, MissingWeightsError
 from .image import FitToResolution, as_numpy, fit_to_resolution, scaled_size, to_batch_uint8, to_uint8_rgb, to_unit_float
 
@@ -7,6 +7,7 @@ __all__ = [
     "AnnotatorInputError",
     "gray_to_rgb",
     "map_frames",
+    "normalise_per_image",
     "rgb_to_gray",
     "MissingWeightsError",
     "FitToResolution",

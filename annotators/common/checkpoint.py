@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,12 +23,17 @@ KNOWN_SIGNATURES = {
     "Mconv7_stage6.weight": "the OpenPose hand model (hand_pose_model.pth)",
     "block5.projection.weight": "the ControlNet HED model (ControlNetHED.pth)",
     "depth_head.scratch.output_conv2.0.weight": "a Depth Anything (V1/V2) model",
+    "pretrained.model.patch_embed.backbone.stem.conv.weight": "the MiDaS DPT-Hybrid model (dpt_hybrid-midas-501f0c75.pt)",
+    "seed_bin_regressor._net.0.weight": "a ZoeDepth model (ZoeD_M12_N.pt)",
+    "depth_model.encoder_modules.encoder.conv1.weight": "the LeReS depth model (res101.pth)",
+    "model.model.1.model.1.weight": "the LeReS++ merging network (latest_net_G.pth)",
+    "encoder.original_model.conv_stem.weight": "the NormalBAE model (scannet.pt)",
     "input_blocks.0.0.weight": "a ControlNet / UNet checkpoint",
     "controlnet_cond_embedding.conv_in.weight": "a diffusers ControlNet",
 }
 
 _SHOWN_KEYS = 5
-_WRAPPER_KEYS = ("state_dict", "model", "module", "net")
+_WRAPPER_KEYS = ("state_dict", "model", "depth_model", "module", "net")
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -47,7 +53,7 @@ def resolve_weight_file(models_dir: str | Path, file_name: str, *, annotator: st
 def read_state_dict(path: str | Path, *, annotator: str) -> dict[str, torch.Tensor]:
     """Load a flat ``name → tensor`` dict from ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin``.
 
-    Unwraps the usual ``{"state_dict": ...}`` / ``{"model": ...}`` containers and a DataParallel
+    Unwraps the usual ``{"state_dict": ...}`` / ``{"model": ...}`` / ``{"depth_model": ...}`` containers and a DataParallel
     ``module.`` prefix. Raises :class:`MissingWeightsError` if the file does not exist and
     :class:`CheckpointMismatchError` if it cannot be read (truncated, not a checkpoint, ...).
     """
@@ -96,6 +102,34 @@ def identify(state: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
+def require_tensor(
+    state: Mapping[str, torch.Tensor], key: str, *, ndim: int, path: str | Path, annotator: str, architecture: str
+) -> torch.Tensor:
+    """``state[key]`` if it is an ``ndim``-D tensor, else :class:`CheckpointMismatchError` saying what the file looks like.
+
+    Loaders read a few sizes from the file before the full key check; this names the file when even
+    those keys are absent (a file of another network).
+    """
+    tensor = state.get(key)
+    if tensor is not None and tensor.ndim == ndim:
+        return tensor
+    found = "missing" if tensor is None else f"of shape {list(tensor.shape)}"
+    message = (
+        f"{annotator}: weight file '{path}' does not hold {architecture}: key {key!r} ({ndim}-D) is {found}; "
+        f"found keys like {_preview(sorted(state))}."
+    )
+    looks_like = identify(state)
+    if looks_like and looks_like not in architecture:
+        message += f" The file looks like {looks_like}."
+    raise CheckpointMismatchError(message)
+
+
+def count_indexed(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """How many ``prefix{i}.`` entries (i = 0, 1, ...) the keys hold: the depth of a stored ModuleList."""
+    indices = {key[len(prefix) :].split(".", 1)[0] for key in state if key.startswith(prefix)}
+    return len({int(index) for index in indices if index.isdigit()})
+
+
 def _preview(keys: list[str]) -> str:
     shown = ", ".join(repr(key) for key in keys[:_SHOWN_KEYS])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > _SHOWN_KEYS else "")
@@ -137,6 +171,20 @@ def check_state_dict(
     raise CheckpointMismatchError(message)
 
 
+def add_missing_batchnorm_counters(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
+    """``state`` plus a zero ``num_batches_tracked`` for each BatchNorm the file stores without one.
+
+    The counter only matters for training; files saved by PyTorch before 0.4.1 (or stripped by hand) lack it.
+    """
+    completed = dict(state)
+    for key in expected:
+        if key.endswith(".num_batches_tracked") and key not in completed and key.rsplit(".", 1)[0] + ".running_mean" in completed:
+            completed[key] = torch.zeros((), dtype=torch.long)
+    return completed
+
+
 def expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     """Key → shape table of a module's state dict (works on the meta device)."""
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
@@ -158,6 +206,30 @@ def build_and_load(
     if dtype is not None:
         model = model.to(dtype=dtype)
     return model.eval()
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def load_checked(
+    path: str | Path,
+    *,
+    annotator: str,
+    architecture: str,
+    read_config: Callable[[dict[str, torch.Tensor], str | Path], ConfigT],
+    build: Callable[[ConfigT], ModuleT],
+    complete: Callable[[dict[str, torch.Tensor], Mapping[str, tuple[int, ...]], ConfigT], dict[str, torch.Tensor]] | None = None,
+) -> ModuleT:
+    """Read ``path``, size the network from it (``read_config``), check every key and shape against
+    ``build(config)`` (``complete`` may first add entries a valid file can lack) and load it."""
+    state = read_state_dict(path, annotator=annotator)
+    config = read_config(state, path)
+    with torch.device("meta"):
+        expected = expected_shapes(build(config))
+    if complete is not None:
+        state = complete(state, expected, config)
+    check_state_dict(state, expected, path=path, annotator=annotator, architecture=architecture)
+    return build_and_load(lambda: build(config), state)
 
 
 DetectorT = TypeVar("DetectorT", bound="SingleModelDetector")
@@ -196,6 +268,17 @@ class SingleModelDetector:
     def to(self: DetectorT, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DetectorT:
         self.model.to(device=device, dtype=dtype)
         return self
+
+    def forward_in_chunks(
+        self, frames: np.ndarray, forward: Callable[[torch.Tensor], torch.Tensor], batch_size: int
+    ) -> np.ndarray:
+        """``forward`` over ``frames`` (a B×... uint8 array) ``batch_size`` at a time, on the model's
+        device; the float32 results are concatenated on the CPU."""
+        outputs = []
+        for start in range(0, len(frames), max(1, batch_size)):
+            chunk = torch.from_numpy(np.ascontiguousarray(frames[start : start + batch_size])).to(self.device)
+            outputs.append(forward(chunk).float().cpu().numpy())
+        return np.concatenate(outputs)
 
     @property
     def device(self) -> torch.device:
