@@ -379,6 +379,44 @@ def test_real_networks_run_batched_on_tiny_inputs(weights_dir):
     assert all(point is None or (0 <= point[0] < 64 and 0 <= point[1] < 64) for point in right)
 
 
+class RecordingBodyNetwork(nn.Module):
+    """Stands in for the body network: keeps every input it is given and answers with empty maps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))  # device/dtype probe
+        self.config = type("Config", (), {"stride": 8, "heatmap_channels": 19})()
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, batch: torch.Tensor):
+        self.inputs.append(batch.clone())
+        height, width = batch.shape[-2] // 8, batch.shape[-1] // 8
+        return torch.zeros(len(batch), 38, height, width), torch.zeros(len(batch), 19, height, width)
+
+
+@pytest.mark.parametrize("height, width", [(650, 512), (512, 650), (910, 512)])
+def test_body_network_sees_the_image_at_the_reference_scale(height, width):
+    # The reference (pytorch-openpose body.py, as controlnet_aux runs it) resizes the detection
+    # image by 0.5 × 368 / its height and pads the result with grey (128) to a multiple of 8. At
+    # resolution 512 these images are their own detection image (short side 512); the fit pads
+    # them to a multiple of 64 (650 → 704, 910 → 960), and that padding must not enter the scale.
+    image = np.zeros((height, width, 3), np.uint8)
+    top, bottom = 100, height - 100  # a white "person" standing in the middle, feet 100 px above the bottom
+    image[top:bottom, width // 2 - 40 : width // 2 + 40] = 255
+    network = RecordingBodyNetwork()
+    OpenPoseDetector(network).detect(image, resolution=512, include_hands=False)
+    (tensor,) = network.inputs
+    scale = 184 / height
+    content_h, content_w = round(height * scale), round(width * scale)
+    assert tensor.shape == (1, 3, -(-content_h // 8) * 8, -(-content_w // 8) * 8)
+    inside = (tensor[0] != 0.0).any(dim=0)  # grey padding is exactly 128 / 256 - 0.5 = 0
+    assert inside.any(dim=1).sum() == content_h and inside.any(dim=0).sum() == content_w
+    person_rows = (tensor[0, 0] > 0.0).any(dim=1).nonzero()
+    person_height = int(person_rows.max() - person_rows.min() + 1)
+    # 450 / 650 × 184 = 127.4 rows for the first case; resampling blurs the ends by a row at most.
+    assert abs(person_height - (bottom - top) * scale) <= 1.5
+
+
 # --------------------------------------------------------------------------- end-to-end alignment
 
 
