@@ -49,6 +49,22 @@ def clear_detector_cache() -> None:
         _CACHE.clear()
 
 
+def _openpose(
+    images: Any, *, resolution: int, models_dir: str | None, device: Any, include_hands: bool, include_face: bool,
+    draw_body: bool, draw_hands: bool, draw_face: bool,
+) -> Any:
+    from .registry import AnnotatorResult
+
+    module = _neural_module("openpose")
+    batch = to_batch_uint8(images)
+    detector = load_detector("openpose", "OpenPoseDetector", models_dir, device)
+    frames = detector.detect_batch(batch, resolution=resolution, include_hands=include_hands, include_face=include_face)
+    maps = np.stack(
+        [module.render_pose(frame, draw_body=draw_body, draw_hands=draw_hands, draw_face=draw_face) for frame in frames]
+    )
+    return AnnotatorResult(maps, frames)
+
+
 def openpose(
     images: Any,
     *,
@@ -60,16 +76,32 @@ def openpose(
     draw_hands: bool = True,
 ) -> Any:
     """OpenPose keypoints per frame, rendered; returns an AnnotatorResult with POSE_KEYPOINT frames."""
-    from .registry import AnnotatorResult
-
-    module = _neural_module("openpose")
-    batch = to_batch_uint8(images)
-    detector = load_detector("openpose", "OpenPoseDetector", models_dir, device)
-    frames = detector.detect_batch(batch, resolution=resolution, include_hands=include_hands)
-    maps = np.stack(
-        [module.render_pose(frame, draw_body=draw_body, draw_hands=draw_hands, draw_face=False) for frame in frames]
+    return _openpose(
+        images, resolution=resolution, models_dir=models_dir, device=device, include_hands=include_hands,
+        include_face=False, draw_body=draw_body, draw_hands=draw_hands, draw_face=False,
     )
-    return AnnotatorResult(maps, frames)
+
+
+def openpose_face(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None,
+    draw_body: bool = True, draw_face: bool = True,
+) -> Any:
+    """OpenPose body and face keypoints (controlnet_aux's ``openpose_face``), rendered, with POSE_KEYPOINT."""
+    return _openpose(
+        images, resolution=resolution, models_dir=models_dir, device=device, include_hands=False,
+        include_face=True, draw_body=draw_body, draw_hands=False, draw_face=draw_face,
+    )
+
+
+def openpose_full(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None,
+    draw_body: bool = True, draw_hands: bool = True, draw_face: bool = True,
+) -> Any:
+    """OpenPose body, hand and face keypoints (controlnet_aux's ``openpose_full``), rendered, with POSE_KEYPOINT."""
+    return _openpose(
+        images, resolution=resolution, models_dir=models_dir, device=device, include_hands=True,
+        include_face=True, draw_body=draw_body, draw_hands=draw_hands, draw_face=draw_face,
+    )
 
 
 def pose_render(

@@ -265,6 +265,40 @@ _SPECS: tuple[AnnotatorSpec, ...] = (
         default_resolution=None,
         sample="",
     ),
+    # --- pose and face annotators of issue 11 (openpose_face/full, dwpose, mediapipe_face) ---
+    AnnotatorSpec(
+        "openpose_face", "OpenPose + face", "Body and face keypoints (OpenPose body + face networks) drawn as an "
+        "OpenPose map; also returns POSE_KEYPOINT.",
+        "neural:openpose_face",
+        (
+            _bool("draw_body", True, "Draw the body skeleton."),
+            _bool("draw_face", True, "Draw the 70 face keypoints."),
+        ),
+        weights=(
+            WeightFile("body_pose_model.pth", "https://huggingface.co/lllyasviel/Annotators"),
+            WeightFile("facenet.pth", "https://huggingface.co/lllyasviel/Annotators"),
+        ),
+        outputs_pose=True,
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "openpose_full", "OpenPose full", "Body, hand and face keypoints (all three OpenPose networks) drawn as an "
+        "OpenPose map; also returns POSE_KEYPOINT.",
+        "neural:openpose_full",
+        (
+            _bool("draw_body", True, "Draw the body skeleton."),
+            _bool("draw_hands", True, "Draw hand skeletons."),
+            _bool("draw_face", True, "Draw the 70 face keypoints."),
+        ),
+        weights=(
+            WeightFile("body_pose_model.pth", "https://huggingface.co/lllyasviel/Annotators"),
+            WeightFile("hand_pose_model.pth", "https://huggingface.co/lllyasviel/Annotators"),
+            WeightFile("facenet.pth", "https://huggingface.co/lllyasviel/Annotators"),
+        ),
+        outputs_pose=True,
+        batch_chunk=4,
+    ),
+    # --- end of the pose and face annotators ---
     AnnotatorSpec(
         "depth_anything_v2", "Depth Anything V2", "Relative depth (near = bright) from Depth Anything V2 small.",
         "neural:depth_anything_v2",

@@ -136,13 +136,14 @@ class Preprocessor:
     DESCRIPTION = (
         "Makes a ControlNet control map from an image with any annotator, using its default settings. "
         "Works offline; neural types read their weights from models/annotators. The map has the input's "
-        "size, aligned pixel for pixel. POSE_KEYPOINT is filled for openpose, empty otherwise."
+        "size, aligned pixel for pixel. POSE_KEYPOINT is filled for the pose types (openpose, openpose_face, "
+        "openpose_full, dwpose), empty otherwise."
     )
     CATEGORY = CATEGORY
     FUNCTION = "preprocess"
     RETURN_TYPES = ("IMAGE", "POSE_KEYPOINT")
     RETURN_NAMES = ("control_map", "pose_keypoint")
-    OUTPUT_TOOLTIPS = ("The control map, same size as the input.", "OpenPose keypoints (openpose only; else empty).")
+    OUTPUT_TOOLTIPS = ("The control map, same size as the input.", "Pose keypoints (pose types only; else empty).")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

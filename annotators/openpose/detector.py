@@ -1,4 +1,4 @@
-"""OpenPose body (+ hand) detection: network passes, decoding, and keypoints in input coordinates.
+"""OpenPose body (+ hand, + face) detection: network passes, decoding, and keypoints in input coordinates.
 
 Pipeline per batch (all frames share one size):
 1. Scale the frames so the short side is ``resolution`` (the common fit; its padding to a
@@ -10,6 +10,9 @@ Pipeline per batch (all frames share one size):
    in the reference.
 3. Hands: a square crop per visible forearm, run at several scales (all crops of a scale batched),
    averaged heatmaps → 21 keypoints.
+   Face: a square crop around the nose (sized from the eyes and ears), resized to 384², all crops
+   of a frame batched; the heatmaps are resized to the crop and each of the 70 keypoints is its
+   map's maximum.
 4. Keypoints are mapped back to the input's pixel grid (pixel-centre convention, the same mapping
    the rendered control maps use) and written normalised, as comfyui_controlnet_aux does.
 """
@@ -29,7 +32,18 @@ from ..common import MissingWeightsError, fit_to_resolution, to_batch_uint8, to_
 from ..common.checkpoint import resolve_weight_file
 from .body_decode import BodyDecodeConfig, decode_bodies
 from .body_model import BodyPoseModel
-from .checkpoint import ANNOTATOR, BODY_WEIGHT_FILE, HAND_WEIGHT_FILE, WEIGHT_SOURCE, load_body_model, load_hand_model
+from .checkpoint import (
+    ANNOTATOR,
+    BODY_WEIGHT_FILE,
+    FACE_WEIGHT_FILE,
+    HAND_WEIGHT_FILE,
+    WEIGHT_SOURCE,
+    load_body_model,
+    load_face_model,
+    load_hand_model,
+)
+from .face_decode import FaceDecodeConfig, face_box, face_peaks
+from .face_model import FacePoseModel
 from .hand_decode import HandBox, HandDecodeConfig, hand_boxes, hand_peaks
 from .hand_model import HandPoseModel
 from .keypoints import encode_keypoints
@@ -51,6 +65,7 @@ class OpenPoseSettings:
     batch_size: int = 8  # frames per body-network forward pass
     body: BodyDecodeConfig = field(default_factory=BodyDecodeConfig)
     hand: HandDecodeConfig = field(default_factory=HandDecodeConfig)
+    face: FaceDecodeConfig = field(default_factory=FaceDecodeConfig)
 
 
 def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -100,31 +115,56 @@ class OpenPoseDetector:
     """``OpenPoseDetector.from_folder(models_dir).detect(image)`` → one POSE_KEYPOINT frame."""
 
     def __init__(
-        self, body_model: BodyPoseModel, hand_model: HandPoseModel | None = None, settings: OpenPoseSettings | None = None
+        self,
+        body_model: BodyPoseModel,
+        hand_model: HandPoseModel | None = None,
+        settings: OpenPoseSettings | None = None,
+        face_model: FacePoseModel | None = None,
     ) -> None:
         self.body_model = body_model.eval()
         self.hand_model = hand_model.eval() if hand_model is not None else None
+        self.face_model = face_model.eval() if face_model is not None else None
         self.settings = settings or OpenPoseSettings()
         self._models_dir: str | None = None
 
     @classmethod
-    def from_files(cls, body_path: str | Path, hand_path: str | Path | None = None) -> "OpenPoseDetector":
-        return cls(load_body_model(body_path), load_hand_model(hand_path) if hand_path is not None else None)
+    def from_files(
+        cls, body_path: str | Path, hand_path: str | Path | None = None, face_path: str | Path | None = None
+    ) -> "OpenPoseDetector":
+        return cls(
+            load_body_model(body_path),
+            load_hand_model(hand_path) if hand_path is not None else None,
+            face_model=load_face_model(face_path) if face_path is not None else None,
+        )
 
     @classmethod
     def from_folder(cls, models_dir: str | Path) -> "OpenPoseDetector":
-        """Body model required; the hand model is loaded if present (needed only for ``include_hands``)."""
+        """Body model required; the hand and face models are loaded when present (needed only for
+        ``include_hands`` / ``include_face``; a file added later is picked up when first needed)."""
         body = resolve_weight_file(models_dir, BODY_WEIGHT_FILE, annotator=ANNOTATOR, source=WEIGHT_SOURCE)
-        hand = Path(models_dir) / HAND_WEIGHT_FILE
-        detector = cls.from_files(body, hand if hand.is_file() else None)
+        hand, face = Path(models_dir) / HAND_WEIGHT_FILE, Path(models_dir) / FACE_WEIGHT_FILE
+        detector = cls.from_files(body, hand if hand.is_file() else None, face if face.is_file() else None)
         detector._models_dir = str(models_dir)
         return detector
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "OpenPoseDetector":
-        self.body_model.to(device=device, dtype=dtype)
-        if self.hand_model is not None:
-            self.hand_model.to(device=device, dtype=dtype)
+        for model in (self.body_model, self.hand_model, self.face_model):
+            if model is not None:
+                model.to(device=device, dtype=dtype)
         return self
+
+    def _require(self, attribute: str, file_name: str, load: Any) -> None:
+        """Load the optional ``attribute`` model from the weights folder, or name the missing file."""
+        if getattr(self, attribute) is not None:
+            return
+        if self._models_dir is not None and (Path(self._models_dir) / file_name).is_file():
+            parameter = next(self.body_model.parameters())
+            model = load(Path(self._models_dir) / file_name).to(device=parameter.device, dtype=parameter.dtype)
+            setattr(self, attribute, model)
+            return
+        raise MissingWeightsError(
+            file_name, self._models_dir or "the annotator models folder", annotator=ANNOTATOR, source=WEIGHT_SOURCE
+        )
 
     def _run(self, model: torch.nn.Module, tensor: torch.Tensor) -> Any:
         parameter = next(model.parameters())
@@ -132,17 +172,23 @@ class OpenPoseDetector:
 
     # ------------------------------------------------------------------ public API
 
-    def detect(self, image: Any, *, resolution: int = 512, include_hands: bool = True) -> dict:
+    def detect(
+        self, image: Any, *, resolution: int = 512, include_hands: bool = True, include_face: bool = False
+    ) -> dict:
         """Poses in one image (H×W×C uint8 or float [0, 1]; RGB, RGBA or gray) as a POSE_KEYPOINT frame."""
-        return self.detect_batch(to_uint8_rgb(image)[None], resolution=resolution, include_hands=include_hands)[0]
+        return self.detect_batch(
+            to_uint8_rgb(image)[None], resolution=resolution, include_hands=include_hands, include_face=include_face
+        )[0]
 
-    def detect_batch(self, images: Any, *, resolution: int = 512, include_hands: bool = True) -> list[dict]:
+    def detect_batch(
+        self, images: Any, *, resolution: int = 512, include_hands: bool = True, include_face: bool = False
+    ) -> list[dict]:
         """One frame per image; the body network runs once over the whole batch."""
         batch = to_batch_uint8(images)
-        if include_hands and self.hand_model is None:
-            raise MissingWeightsError(
-                HAND_WEIGHT_FILE, self._models_dir or "the annotator models folder", annotator=ANNOTATOR, source=WEIGHT_SOURCE
-            )
+        if include_hands:
+            self._require("hand_model", HAND_WEIGHT_FILE, load_hand_model)
+        if include_face:
+            self._require("face_model", FACE_WEIGHT_FILE, load_face_model)
         height, width = batch.shape[1:3]
         padded, fit = fit_to_resolution(batch, resolution, multiple=64)
         content_h, content_w = fit.scaled_size
@@ -155,12 +201,13 @@ class OpenPoseDetector:
         for frame_bgr, people in zip(frames_bgr, people_per_frame):
             content = frame_bgr[:content_h, :content_w]
             hands = self._detect_hands(content, people) if include_hands else [(None, None)] * len(people)
+            faces = self._detect_faces(content, people) if include_face else [None] * len(people)
             encoded = []
-            for body, (left, right) in zip(people, hands):
+            for body, (left, right), face in zip(people, hands, faces):
                 encoded.append(
                     {
                         "pose_keypoints_2d": encode_keypoints(to_input(body), width, height),
-                        "face_keypoints_2d": None,
+                        "face_keypoints_2d": encode_keypoints(to_input(face), width, height) if face else None,
                         "hand_left_keypoints_2d": encode_keypoints(to_input(left), width, height) if left else None,
                         "hand_right_keypoints_2d": encode_keypoints(to_input(right), width, height) if right else None,
                     }
@@ -174,12 +221,13 @@ class OpenPoseDetector:
         *,
         resolution: int = 512,
         include_hands: bool = True,
+        include_face: bool = False,
         draw_body: bool = True,
         draw_hands: bool = True,
         draw_face: bool = True,
     ) -> tuple[np.ndarray, list[dict]]:
         """Rendered maps (B×H×W×3 uint8, input size) and the POSE_KEYPOINT frames."""
-        frames = self.detect_batch(images, resolution=resolution, include_hands=include_hands)
+        frames = self.detect_batch(images, resolution=resolution, include_hands=include_hands, include_face=include_face)
         maps = np.stack(
             [render_pose(frame, draw_body=draw_body, draw_hands=draw_hands, draw_face=draw_face) for frame in frames]
         )
@@ -249,3 +297,25 @@ class OpenPoseDetector:
             points = [None if peak is None else (float(peak[0] + box.x), float(peak[1] + box.y)) for peak in peaks]
             results[person_index][0 if box.is_left else 1] = points
         return [tuple(pair) for pair in results]  # type: ignore[misc]
+
+    @torch.inference_mode()
+    def _detect_faces(self, image_bgr: np.ndarray, people: list[list[Point | None]]) -> list[list[Point | None] | None]:
+        """70 face keypoints per person (or None), in ``image_bgr`` pixels; the crops of all people batched."""
+        assert self.face_model is not None
+        config = self.settings.face
+        height, width = image_bgr.shape[:2]
+        boxes = [(index, face_box(body, height, width, config)) for index, body in enumerate(people)]
+        boxes = [(index, box) for index, box in boxes if box is not None]
+        results: list[list[Point | None] | None] = [None] * len(people)
+        if not boxes:
+            return results
+        crops = [image_bgr[box.y : box.y + box.size, box.x : box.x + box.size] for _, box in boxes]
+        side = config.input_size
+        tensor, _ = _network_input(crops, side, side, self.settings.pad_value, self.face_model.config.stride)
+        heatmaps = self._run(self.face_model, tensor).float()
+        for (person_index, box), crop, maps in zip(boxes, crops, heatmaps):
+            # Straight from the stride-8 grid to the crop's pixels (bilinear, pixel centres matched).
+            resized = F.interpolate(maps[None], size=crop.shape[:2], mode="bilinear", align_corners=False)[0]
+            peaks = face_peaks(resized.permute(1, 2, 0).cpu().numpy(), config)
+            results[person_index] = [None if peak is None else (float(peak[0] + box.x), float(peak[1] + box.y)) for peak in peaks]
+        return results
