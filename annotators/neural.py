@@ -140,3 +140,17 @@ def hed(
     detector = load_detector("hed", "HEDDetector", models_dir, device)
     edges = np.asarray(detector(batch, resolution=resolution, safe=safe), dtype=np.float32)
     return gray_to_rgb(np.clip(np.rint(edges * 255.0), 0, 255).astype(np.uint8))
+
+
+def dwpose(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None,
+    draw_body: bool = True, draw_hands: bool = True, draw_face: bool = True,
+) -> Any:
+    """DWPose body, hand and face keypoints, rendered like OpenPose; returns POSE_KEYPOINT frames too."""
+    from .registry import AnnotatorResult
+
+    detector = load_detector("dwpose", "DWPoseDetector", models_dir, device)
+    maps, frames = detector(
+        to_batch_uint8(images), resolution=resolution, draw_body=draw_body, draw_hands=draw_hands, draw_face=draw_face
+    )
+    return AnnotatorResult(maps, frames)

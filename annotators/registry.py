@@ -298,6 +298,21 @@ _SPECS: tuple[AnnotatorSpec, ...] = (
         outputs_pose=True,
         batch_chunk=4,
     ),
+    AnnotatorSpec(
+        "dwpose", "DWPose", "Body, hand and face keypoints from DWPose (YOLOX + RTMPose whole-body, needs onnxruntime) "
+        "drawn as an OpenPose map; also returns POSE_KEYPOINT.",
+        "neural:dwpose",
+        (
+            _bool("draw_body", True, "Draw the body skeleton."),
+            _bool("draw_hands", True, "Draw hand skeletons."),
+            _bool("draw_face", True, "Draw the face keypoints."),
+        ),
+        weights=(
+            WeightFile("yolox_l.onnx", "https://huggingface.co/yzd-v/DWPose"),
+            WeightFile("dw-ll_ucoco_384.onnx", "https://huggingface.co/yzd-v/DWPose"),
+        ),
+        outputs_pose=True,
+    ),
     # --- end of the pose and face annotators ---
     AnnotatorSpec(
         "depth_anything_v2", "Depth Anything V2", "Relative depth (near = bright) from Depth Anything V2 small.",

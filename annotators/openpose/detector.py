@@ -92,7 +92,7 @@ def _outputs_to_grid(outputs: torch.Tensor, stride: int, valid: tuple[int, int],
     return F.interpolate(upsampled, size=size, mode="bicubic", align_corners=False)
 
 
-def _detection_to_input(
+def detection_to_input(
     points: list[Point | None], *, scale_x: float, scale_y: float, width: int, height: int
 ) -> list[Point | None]:
     """Detection-image pixel → nearest input-image pixel, pixel centres matched (as the map restore does).
@@ -196,7 +196,7 @@ class OpenPoseDetector:
         people_per_frame = self._detect_bodies([frame[:content_h, :content_w] for frame in frames_bgr])
 
         scale_y, scale_x = fit.scale
-        to_input = partial(_detection_to_input, scale_x=scale_x, scale_y=scale_y, width=width, height=height)
+        to_input = partial(detection_to_input, scale_x=scale_x, scale_y=scale_y, width=width, height=height)
         results = []
         for frame_bgr, people in zip(frames_bgr, people_per_frame):
             content = frame_bgr[:content_h, :content_w]
