@@ -85,7 +85,8 @@ def list_annotators() -> str:
     for name in annotator_names():
         spec = get_spec(name)
         weights = f"  [weights: {', '.join(w.file_name for w in spec.weights)}]" if spec.weights else ""
-        lines.append(f"{name:<18} {spec.description}{weights}")
+        needs = f"  [needs: {', '.join(spec.requires)}]" if spec.requires else ""
+        lines.append(f"{name:<18} {spec.description}{weights}{needs}")
         for param in spec.params:
             choices = f" {{{','.join(param.choices)}}}" if param.choices else ""
             lines.append(f"    --{param.name.replace('_', '-'):<22} default {param.default!s:<8}{choices} {param.help}")

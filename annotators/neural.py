@@ -154,3 +154,16 @@ def dwpose(
         to_batch_uint8(images), resolution=resolution, draw_body=draw_body, draw_hands=draw_hands, draw_face=draw_face
     )
     return AnnotatorResult(maps, frames)
+
+
+_MEDIAPIPE_FACE: Any = None
+
+
+def mediapipe_face(images: Any, *, resolution: int = 512, max_faces: int = 1, min_confidence: float = 0.5) -> np.ndarray:
+    """MediaPipe face meshes drawn as the face ControlNet's maps (needs the optional mediapipe package)."""
+    global _MEDIAPIPE_FACE
+    with _CACHE_LOCK:
+        if _MEDIAPIPE_FACE is None:
+            _MEDIAPIPE_FACE = _neural_module("mediapipe_face").MediapipeFaceDetector()
+        detector = _MEDIAPIPE_FACE
+    return detector(to_batch_uint8(images), resolution=resolution, max_faces=max_faces, min_confidence=min_confidence)

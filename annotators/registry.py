@@ -91,6 +91,7 @@ class AnnotatorSpec:
     weights: tuple[WeightFile, ...] = ()
     outputs_pose: bool = False
     sample: str = "astronaut.png"  # bundled sample the CLI uses when no input is given
+    requires: tuple[str, ...] = ()  # optional Python packages only this annotator needs
     batch_chunk: int = 16  # frames per call: bounds memory and paces the progress bar
 
     @property
@@ -299,8 +300,8 @@ _SPECS: tuple[AnnotatorSpec, ...] = (
         batch_chunk=4,
     ),
     AnnotatorSpec(
-        "dwpose", "DWPose", "Body, hand and face keypoints from DWPose (YOLOX + RTMPose whole-body, needs onnxruntime) "
-        "drawn as an OpenPose map; also returns POSE_KEYPOINT.",
+        "dwpose", "DWPose", "Body, hand and face keypoints from DWPose (YOLOX + RTMPose whole-body) drawn as an "
+        "OpenPose map; also returns POSE_KEYPOINT.",
         "neural:dwpose",
         (
             _bool("draw_body", True, "Draw the body skeleton."),
@@ -312,6 +313,17 @@ _SPECS: tuple[AnnotatorSpec, ...] = (
             WeightFile("dw-ll_ucoco_384.onnx", "https://huggingface.co/yzd-v/DWPose"),
         ),
         outputs_pose=True,
+        requires=("onnxruntime",),
+    ),
+    AnnotatorSpec(
+        "mediapipe_face", "MediaPipe face", "Face mesh contours (MediaPipe Face Mesh; its model ships inside the "
+        "mediapipe package, no weight file) for the face ControlNet.",
+        "neural:mediapipe_face",
+        (
+            _int("max_faces", 1, 1, 50, "Most faces to find per image."),
+            _float("min_confidence", 0.5, 0.01, 1.0, "Face detection confidence a face needs.", 0.01),
+        ),
+        requires=("mediapipe",),
     ),
     # --- end of the pose and face annotators ---
     AnnotatorSpec(

@@ -178,6 +178,8 @@ def _dedicated_node(spec: AnnotatorSpec) -> type:
         required[param.name] = comfy_input(param)
     with_pose = spec.outputs_pose or spec.input_kind == INPUT_POSE
     weights = f" Needs {', '.join(w.file_name for w in spec.weights)} in models/annotators." if spec.weights else ""
+    if spec.requires:
+        weights += f" Needs the Python package {', '.join(spec.requires)} (see the pack's annotators/README.md)."
 
     def preprocess(self: Any, **kwargs: Any) -> dict:
         primary = kwargs.pop(name)

@@ -336,3 +336,23 @@ def test_cli_runs_dwpose_and_names_onnxruntime_when_it_is_missing(models, tmp_pa
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert cli_main(["dwpose", str(tmp_path / "in.png"), str(tmp_path / "o.png"), "--models-dir", str(fresh)]) == 1
     assert "'onnxruntime'" in capsys.readouterr().err and not (tmp_path / "o.png").exists()
+
+
+def test_dwpose_node_returns_the_map_and_pose_keypoints(models, monkeypatch, tmp_path):
+    import shutil
+
+    import torch
+    from comfy_stub import import_preprocessor_nodes
+
+    nodes, registered, progress = import_preprocessor_nodes(monkeypatch, tmp_path)
+    folder = tmp_path / "models" / "annotators"
+    folder.mkdir(parents=True)
+    for name in (DETECTOR_WEIGHT_FILE, POSE_WEIGHT_FILE):
+        shutil.copy(models / name, folder / name)
+    image = torch.from_numpy(blobs([(90, 120), (200, 60)]).astype(np.float32) / 255.0)
+    node = nodes.NODE_CLASS_MAPPINGS["ControlNetPack_DwposePreprocessor"]()
+    control_map, pose = node.preprocess(image=image, resolution=256, draw_body=True, draw_hands=False, draw_face=False)["result"]
+    assert control_map.shape == (2, 256, 320, 3) and len(pose) == 2
+    assert [len(frame["people"]) for frame in pose] == [1, 1] and progress[-1] == (2, 2)
+    generic_map, generic_pose = nodes.Preprocessor().preprocess(image, "dwpose", 256)["result"]
+    assert generic_pose == pose and generic_map.shape == control_map.shape
