@@ -17,7 +17,6 @@ from annotators.openpose import (
     FACE_WEIGHT_FILE,
     HAND_WEIGHT_FILE,
     BodyPoseModel,
-    FacePoseModel,
     HandPoseModel,
     OpenPoseDetector,
     OpenPoseSettings,
@@ -308,7 +307,7 @@ def weights_dir(tmp_path_factory):
     torch.manual_seed(0)
     torch.save(to_published_layout(BodyPoseModel()), folder / BODY_WEIGHT_FILE)
     torch.save(to_published_layout(HandPoseModel()), folder / HAND_WEIGHT_FILE)
-    torch.save(to_published_layout(FacePoseModel()), folder / FACE_WEIGHT_FILE)
+    torch.save(published_face_state(), folder / FACE_WEIGHT_FILE)  # written from the reference, below
     return folder
 
 
@@ -595,16 +594,15 @@ def reference_face_forward(state: dict[str, torch.Tensor], x: torch.Tensor) -> t
     return h
 
 
-def test_face_model_loads_the_published_layout_and_computes_the_reference_network(tmp_path):
-    state = published_face_state()
+def test_face_model_loads_the_published_layout_and_computes_the_reference_network(weights_dir, tmp_path):
+    state = torch.load(weights_dir / FACE_WEIGHT_FILE, weights_only=True)
     assert len(state) == 104
-    torch.save(state, tmp_path / FACE_WEIGHT_FILE)
     # The same tensors as a training checkpoint would hold them: nested container, DataParallel prefix.
     torch.save({"state_dict": {f"module.{key}": value for key, value in state.items()}}, tmp_path / "wrapped.pth")
     x = torch.rand(2, 3, 48, 40) - 0.5
     expected = reference_face_forward(state, x)
     assert expected.shape == (2, 71, 6, 5)
-    for path in (tmp_path / FACE_WEIGHT_FILE, tmp_path / "wrapped.pth"):
+    for path in (weights_dir / FACE_WEIGHT_FILE, tmp_path / "wrapped.pth"):
         model = load_face_model(path)
         with torch.no_grad():
             assert torch.equal(model(x), expected)
@@ -711,9 +709,12 @@ def test_real_face_network_runs_on_batched_crops(weights_dir):
         people.append(body)
     people.append([None] * 18)  # no head: no face
     image = np.random.default_rng(2).integers(0, 256, (64, 80, 3), dtype=np.uint8)
-    faces = detector._detect_faces(image, people)
+    detector.settings = OpenPoseSettings(face=FaceDecodeConfig(input_size=64), batch_size=2)  # 3 crops: 2 forwards
+    faces_per_frame = detector._detect_faces([image, image[:, ::-1]], [people, people[:1]])
+    assert [len(faces) for faces in faces_per_frame] == [3, 1]
+    faces = faces_per_frame[0]
     assert faces[2] is None
-    for face in faces[:2]:
+    for face in faces[:2] + faces_per_frame[1]:
         assert len(face) == 70
         assert all(point is None or (0 <= point[0] < 80 and 0 <= point[1] < 64) for point in face)
 
@@ -732,3 +733,41 @@ def test_openpose_face_and_full_run_by_name_with_pose_keypoints(weights_dir, nam
     result = run_annotator(name, batch, resolution=64, models_dir=str(weights_dir))
     assert result.images.shape == (2, 20, 28, 3) and result.images.dtype == np.uint8
     assert [(f["canvas_height"], f["canvas_width"]) for f in result.pose_keypoints] == [(20, 28)] * 2
+
+
+# --------------------------------------------------------------------------- controlnet_aux as the oracle (where installed)
+
+
+def test_face_network_box_and_peaks_match_controlnet_aux(monkeypatch, weights_dir):
+    import sys
+
+    from aux_reference import load
+
+    from annotators.openpose.face_decode import face_box, face_peaks
+
+    reference = load(monkeypatch, "open_pose.face")
+    package = reference.__name__.rsplit(".", 1)[0]
+    util, body_module = sys.modules[f"{package}.util"], sys.modules[f"{package}.body"]
+    # The network: the reference FaceNet holding the published state dict, against ours loaded from the file.
+    state = torch.load(weights_dir / FACE_WEIGHT_FILE, weights_only=True)
+    theirs = reference.FaceNet().eval()
+    theirs.load_state_dict(state)
+    ours = load_face_model(weights_dir / FACE_WEIGHT_FILE)
+    x = torch.rand(2, 3, 64, 56) - 0.5
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x)[-1])
+    # The box rule, on random skeletons (pixels) with random missing eyes and ears.
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        points = [(float(x), float(y)) for x, y in rng.uniform(0, 200, (18, 2))]
+        body = [point if keep else None for point, keep in zip(points, rng.random(18) > 0.4)]
+        keypoints = [None if point is None else body_module.Keypoint(point[0], point[1]) for point in body]
+        expected = util.faceDetect(body_module.BodyResult(keypoints, 0.0, 0), np.zeros((160, 200, 3), np.uint8))
+        box = face_box(body, 160, 200)
+        assert (None if box is None else (box.x, box.y, box.size)) == expected
+    # The peaks, where every keypoint clears the threshold (the reference then keeps their order); the
+    # reference also appends the background map's maximum as a 71st point, which is not a keypoint.
+    heatmaps = rng.random((71, 30, 40)).astype(np.float32) * 0.2 + 0.06
+    expected = reference.Face.compute_peaks_from_heatmaps(None, heatmaps)
+    assert len(expected) == 71
+    assert face_peaks(heatmaps.transpose(1, 2, 0)) == [tuple(point) for point in expected[:70].tolist()]

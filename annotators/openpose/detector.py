@@ -10,8 +10,8 @@ Pipeline per batch (all frames share one size):
    in the reference.
 3. Hands: a square crop per visible forearm, run at several scales (all crops of a scale batched),
    averaged heatmaps → 21 keypoints.
-   Face: a square crop around the nose (sized from the eyes and ears), resized to 384², all crops
-   of a frame batched; the heatmaps are resized to the crop and each of the 70 keypoints is its
+   Face: a square crop around the nose (sized from the eyes and ears), resized to 384², the crops
+   of all frames batched; the heatmaps are resized to the crop and each of the 70 keypoints is its
    map's maximum.
 4. Keypoints are mapped back to the input's pixel grid (pixel-centre convention, the same mapping
    the rendered control maps use) and written normalised, as comfyui_controlnet_aux does.
@@ -197,11 +197,14 @@ class OpenPoseDetector:
 
         scale_y, scale_x = fit.scale
         to_input = partial(detection_to_input, scale_x=scale_x, scale_y=scale_y, width=width, height=height)
+        contents = [frame[:content_h, :content_w] for frame in frames_bgr]
+        if include_face:
+            faces_per_frame = self._detect_faces(contents, people_per_frame)
+        else:
+            faces_per_frame = [[None] * len(people) for people in people_per_frame]
         results = []
-        for frame_bgr, people in zip(frames_bgr, people_per_frame):
-            content = frame_bgr[:content_h, :content_w]
+        for content, people, faces in zip(contents, people_per_frame, faces_per_frame):
             hands = self._detect_hands(content, people) if include_hands else [(None, None)] * len(people)
-            faces = self._detect_faces(content, people) if include_face else [None] * len(people)
             encoded = []
             for body, (left, right), face in zip(people, hands, faces):
                 encoded.append(
@@ -299,23 +302,33 @@ class OpenPoseDetector:
         return [tuple(pair) for pair in results]  # type: ignore[misc]
 
     @torch.inference_mode()
-    def _detect_faces(self, image_bgr: np.ndarray, people: list[list[Point | None]]) -> list[list[Point | None] | None]:
-        """70 face keypoints per person (or None), in ``image_bgr`` pixels; the crops of all people batched."""
+    def _detect_faces(
+        self, images_bgr: list[np.ndarray], people_per_frame: list[list[list[Point | None]]]
+    ) -> list[list[list[Point | None] | None]]:
+        """70 face keypoints (or None) per person per frame, in pixels of that frame's ``images_bgr``.
+
+        The crops of all people of all frames go through the network together, ``batch_size`` at a time.
+        """
         assert self.face_model is not None
         config = self.settings.face
-        height, width = image_bgr.shape[:2]
-        boxes = [(index, face_box(body, height, width, config)) for index, body in enumerate(people)]
-        boxes = [(index, box) for index, box in boxes if box is not None]
-        results: list[list[Point | None] | None] = [None] * len(people)
-        if not boxes:
-            return results
-        crops = [image_bgr[box.y : box.y + box.size, box.x : box.x + box.size] for _, box in boxes]
-        side = config.input_size
-        tensor, _ = _network_input(crops, side, side, self.settings.pad_value, self.face_model.config.stride)
-        heatmaps = self._run(self.face_model, tensor).float()
-        for (person_index, box), crop, maps in zip(boxes, crops, heatmaps):
-            # Straight from the stride-8 grid to the crop's pixels (bilinear, pixel centres matched).
-            resized = F.interpolate(maps[None], size=crop.shape[:2], mode="bilinear", align_corners=False)[0]
-            peaks = face_peaks(resized.permute(1, 2, 0).cpu().numpy(), config)
-            results[person_index] = [None if peak is None else (float(peak[0] + box.x), float(peak[1] + box.y)) for peak in peaks]
+        results: list[list[list[Point | None] | None]] = [[None] * len(people) for people in people_per_frame]
+        jobs = []  # (frame, person, box, crop)
+        for frame_index, (image, people) in enumerate(zip(images_bgr, people_per_frame)):
+            for person_index, body in enumerate(people):
+                box = face_box(body, image.shape[0], image.shape[1], config)
+                if box is not None:
+                    crop = image[box.y : box.y + box.size, box.x : box.x + box.size]
+                    jobs.append((frame_index, person_index, box, crop))
+        side, stride, step = config.input_size, self.face_model.config.stride, max(1, self.settings.batch_size)
+        for start in range(0, len(jobs), step):
+            chunk = jobs[start : start + step]
+            tensor, _ = _network_input([crop for *_, crop in chunk], side, side, self.settings.pad_value, stride)
+            heatmaps = self._run(self.face_model, tensor).float()
+            for (frame_index, person_index, box, crop), maps in zip(chunk, heatmaps):
+                # Straight from the stride-8 grid to the crop's pixels (bilinear, pixel centres matched).
+                resized = F.interpolate(maps[None], size=crop.shape[:2], mode="bilinear", align_corners=False)[0]
+                peaks = face_peaks(resized.permute(1, 2, 0).cpu().numpy(), config)
+                results[frame_index][person_index] = [
+                    None if peak is None else (float(peak[0] + box.x), float(peak[1] + box.y)) for peak in peaks
+                ]
         return results
