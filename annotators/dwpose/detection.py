@@ -9,6 +9,7 @@ on the stride 8/16/32 grids, scored ``objectness × class score``, suppressed pe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -38,8 +39,12 @@ def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, flo
     return np.ascontiguousarray(canvas.transpose(2, 0, 1), dtype=np.float32), ratio
 
 
+@lru_cache(maxsize=8)
 def anchor_grid(size: tuple[int, int], strides: tuple[int, ...] = DETECTOR_STRIDES) -> tuple[np.ndarray, np.ndarray]:
-    """Grid cell (x, y) and stride of every anchor, in the network's output order (level, row, column)."""
+    """Grid cell (x, y) and stride of every anchor, in the network's output order (level, row, column).
+
+    Cached per input size: treat the arrays as read-only.
+    """
     cells, steps = [], []
     for stride in strides:
         rows, columns = size[0] // stride, size[1] // stride
@@ -49,15 +54,12 @@ def anchor_grid(size: tuple[int, int], strides: tuple[int, ...] = DETECTOR_STRID
     return np.concatenate(cells).astype(np.float64), np.concatenate(steps).astype(np.float64)
 
 
-def decode_boxes(raw: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``anchors×(5 + classes)`` raw output → (``anchors×4`` boxes x1, y1, x2, y2 in input pixels, class scores)."""
-    cells, strides = anchor_grid(size)
+def decode_boxes(raw: np.ndarray, cells: np.ndarray, strides: np.ndarray) -> np.ndarray:
+    """Raw ``(dx, dy, log w, log h, ...)`` rows of the given anchors → boxes (x1, y1, x2, y2) in input pixels."""
     raw = raw.astype(np.float64)
     centres = (raw[:, :2] + cells) * strides[:, None]
     sides = np.exp(raw[:, 2:4]) * strides[:, None]
-    boxes = np.concatenate([centres - sides / 2, centres + sides / 2], axis=1)
-    scores = raw[:, 4:5] * raw[:, 5:]
-    return boxes, scores
+    return np.concatenate([centres - sides / 2, centres + sides / 2], axis=1)
 
 
 def suppress(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
@@ -81,12 +83,13 @@ def suppress(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> lis
 def person_boxes(raw: np.ndarray, size: tuple[int, int], ratio: float, config: DetectionConfig = DetectionConfig()) -> np.ndarray:
     """Person boxes (``N×4``, x1, y1, x2, y2 in the pixels of the image before letterboxing), best first.
 
-    Suppression is per class, so only person boxes can suppress person boxes.
+    Suppression is per class, so only person boxes can suppress person boxes: the other classes'
+    scores never need decoding, nor do boxes whose person score misses the candidate bar.
     """
-    boxes, scores = decode_boxes(raw, size)
-    boxes /= ratio
-    person = scores[:, PERSON_CLASS]
-    candidates = np.flatnonzero(person > config.candidate_threshold)
-    kept = candidates[suppress(boxes[candidates], person[candidates], config.iou_threshold)]
-    kept = kept[person[kept] > config.person_threshold]
+    scores = raw[:, 4].astype(np.float64) * raw[:, 5 + PERSON_CLASS]
+    candidates = np.flatnonzero(scores > config.candidate_threshold)
+    cells, strides = anchor_grid(tuple(size))
+    boxes = decode_boxes(raw[candidates], cells[candidates], strides[candidates]) / ratio
+    kept = np.array(suppress(boxes, scores[candidates], config.iou_threshold), dtype=np.int64)
+    kept = kept[scores[candidates][kept] > config.person_threshold]
     return boxes[kept]
