@@ -167,3 +167,9 @@ def mediapipe_face(images: Any, *, resolution: int = 512, max_faces: int = 1, mi
             _MEDIAPIPE_FACE = _neural_module("mediapipe_face").MediapipeFaceDetector()
         detector = _MEDIAPIPE_FACE
     return detector(to_batch_uint8(images), resolution=resolution, max_faces=max_faces, min_confidence=min_confidence)
+
+
+def seg_ufade20k(images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None) -> np.ndarray:
+    """UniFormer ADE20K segmentation drawn with the ADE20K palette, ``B×H×W×3`` uint8 at the input size."""
+    detector = load_detector("uniformer", "UniFormerSegmenter", models_dir, device)
+    return detector(to_batch_uint8(images), resolution=resolution)

@@ -266,7 +266,7 @@ _SPECS: tuple[AnnotatorSpec, ...] = (
         default_resolution=None,
         sample="",
     ),
-    # --- pose and face annotators of issue 11 (openpose_face/full, dwpose, mediapipe_face) ---
+    # --- pose, face and segmentation annotators of issue 11 (openpose_face/full, dwpose, mediapipe_face, seg_ufade20k) ---
     AnnotatorSpec(
         "openpose_face", "OpenPose + face", "Body and face keypoints (OpenPose body + face networks) drawn as an "
         "OpenPose map; also returns POSE_KEYPOINT.",
@@ -325,7 +325,15 @@ _SPECS: tuple[AnnotatorSpec, ...] = (
         ),
         requires=("mediapipe",),
     ),
-    # --- end of the pose and face annotators ---
+    AnnotatorSpec(
+        "seg_ufade20k", "UniFormer segmentation", "ADE20K semantic segmentation (UniFormer-S UperNet) drawn with the "
+        "ADE20K palette, for segmentation ControlNets.",
+        "neural:seg_ufade20k",
+        (),
+        weights=(WeightFile("upernet_global_small.pth", "https://huggingface.co/lllyasviel/Annotators"),),
+        batch_chunk=4,
+    ),
+    # --- end of the pose, face and segmentation annotators ---
     AnnotatorSpec(
         "depth_anything_v2", "Depth Anything V2", "Relative depth (near = bright) from Depth Anything V2 small.",
         "neural:depth_anything_v2",

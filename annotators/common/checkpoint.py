@@ -28,6 +28,7 @@ KNOWN_SIGNATURES = {
 # Keys that several published files share, told apart by the tensor's first dimension; checked first.
 KNOWN_SHAPED_SIGNATURES = {
     ("Mconv7_stage6.weight", 71): "the OpenPose face model (facenet.pth)",
+    ("backbone.blocks3.0.attn.qkv.weight", 960): "the UniFormer-S UperNet ADE20K segmentation model (upernet_global_small.pth)",
 }
 
 _SHOWN_KEYS = 5
