@@ -9,7 +9,8 @@ random weights of the published architecture: speed does not depend on the weigh
 for the pose/face annotators of issue 11: openpose_face (body + face networks, random weights, one
 stand-in person per frame so the face network runs), dwpose (the published ONNX files from
 ``--models-dir`` when there, else tiny stand-in ONNX models: pre/post-processing only) and
-mediapipe_face (its bundled model; with controlnet_aux installed, also its per-image annotator).
+mediapipe_face (its bundled model; with controlnet_aux installed, also its per-image annotator) and
+seg_ufade20k (UniFormer-S UperNet, random weights).
 The naive loop calls the same annotator once per frame, as a per-image preprocessor node does
 (for pose render: parse + render one frame per call).
 An annotator whose module is missing is skipped with a note. Input: the bundled astronaut photo
@@ -87,7 +88,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cpu", help="torch device for depth (cpu, cuda)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", default="canny,lines,pose,depth,openpose_face,dwpose,mediapipe_face",
+    parser.add_argument("--only", default="canny,lines,pose,depth,openpose_face,dwpose,mediapipe_face,seg_ufade20k",
                         help="comma-separated subset to run")
     parser.add_argument("--models-dir", default=None, help="folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (dwpose)")
     args = parser.parse_args()
@@ -124,6 +125,8 @@ def main() -> None:
         bench_dwpose(args, batch, report)
     if "mediapipe_face" in chosen:
         bench_mediapipe_face(args, batch, report)
+    if "seg_ufade20k" in chosen:
+        bench_uniformer(args, batch, report)
 
 
 def bench_pose_render(args: argparse.Namespace, report: Callable) -> None:
@@ -241,6 +244,18 @@ def bench_mediapipe_face(args: argparse.Namespace, batch: np.ndarray, report: Ca
         return
     report("mp_face vs aux", lambda: detector(batch, resolution=args.size),
            lambda: [reference.generate_annotation(frame, 1, 0.5) for frame in batch], args.repeats)
+
+
+def bench_uniformer(args: argparse.Namespace, batch: np.ndarray, report: Callable) -> None:
+    import torch
+
+    from annotators.uniformer import UniFormerSegmenter, UniFormerSegmentor
+
+    torch.manual_seed(0)
+    segmenter = UniFormerSegmenter(UniFormerSegmentor()).to(args.device)
+    repeats = max(1, args.repeats if args.device != "cpu" else 1)  # minutes per pass on a small CPU
+    report("seg_ufade20k", lambda: segmenter(batch, resolution=args.size),
+           lambda: [segmenter(frame[None], resolution=args.size) for frame in batch], repeats)
 
 
 if __name__ == "__main__":
