@@ -627,8 +627,10 @@ def test_face_requested_without_facenet_names_the_file_and_folder(weights_dir, t
     with pytest.raises(MissingWeightsError) as missing:
         detector.detect(np.zeros((16, 16, 3), np.uint8), include_hands=False, include_face=True)
     assert FACE_WEIGHT_FILE in str(missing.value) and str(tmp_path) in str(missing.value)
-    # Put the file in the folder: the same detector picks it up, no reload needed.
+    # Put the file in the folder: the same detector picks it up when a face is asked for, not before.
     (tmp_path / FACE_WEIGHT_FILE).symlink_to(weights_dir / FACE_WEIGHT_FILE)
+    detector.detect(np.zeros((16, 16, 3), np.uint8), include_hands=False)
+    assert detector.face_model is None
     frame = detector.detect(np.zeros((16, 16, 3), np.uint8), include_hands=False, include_face=True)
     assert frame["people"] == [] and detector.face_model is not None
 
@@ -698,7 +700,7 @@ def test_detected_face_keypoints_land_on_the_input_pixels():
 
 
 def test_real_face_network_runs_on_batched_crops(weights_dir):
-    detector = OpenPoseDetector.from_folder(weights_dir)
+    detector = OpenPoseDetector.from_files(weights_dir / BODY_WEIGHT_FILE, face_path=weights_dir / FACE_WEIGHT_FILE)
     from annotators.openpose.face_decode import FaceDecodeConfig
 
     detector.settings = OpenPoseSettings(face=FaceDecodeConfig(input_size=64))

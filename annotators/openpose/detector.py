@@ -139,11 +139,11 @@ class OpenPoseDetector:
 
     @classmethod
     def from_folder(cls, models_dir: str | Path) -> "OpenPoseDetector":
-        """Body model required; the hand and face models are loaded when present (needed only for
-        ``include_hands`` / ``include_face``; a file added later is picked up when first needed)."""
+        """Body model required; the hand model is loaded if present (needed only for ``include_hands``),
+        the face model when ``include_face`` first asks for it. A file added later is picked up then."""
         body = resolve_weight_file(models_dir, BODY_WEIGHT_FILE, annotator=ANNOTATOR, source=WEIGHT_SOURCE)
-        hand, face = Path(models_dir) / HAND_WEIGHT_FILE, Path(models_dir) / FACE_WEIGHT_FILE
-        detector = cls.from_files(body, hand if hand.is_file() else None, face if face.is_file() else None)
+        hand = Path(models_dir) / HAND_WEIGHT_FILE
+        detector = cls.from_files(body, hand if hand.is_file() else None)
         detector._models_dir = str(models_dir)
         return detector
 
