@@ -103,7 +103,8 @@ def main() -> None:
 
     def report(name: str, batched: Callable[[], object], naive: Callable[[], object], repeats: int) -> None:
         fast, slow = compare(batched, naive, args.batch, repeats)
-        print(f"{name:<16}{fast:>12.1f}{slow:>12.1f}{fast / slow:>9.2f}×", flush=True)
+        digits = 1 if min(fast, slow) >= 1 else 3  # slow networks on a CPU: keep their figures readable
+        print(f"{name:<16}{fast:>12.{digits}f}{slow:>12.{digits}f}{fast / slow:>9.2f}×", flush=True)
 
     resolution = args.size
     chosen = set(args.only.split(","))
