@@ -279,3 +279,16 @@ def test_dwpose_node_returns_the_map_and_pose_keypoints(models, monkeypatch, tmp
     assert [len(frame["people"]) for frame in pose] == [1, 1] and progress[-1] == (2, 2)
     generic_map, generic_pose = nodes.Preprocessor().preprocess(image, "dwpose", 256)["result"]
     assert generic_pose == pose and generic_map.shape == control_map.shape
+
+
+def test_moving_to_a_device_keeps_cpu_sessions_unless_the_provider_changes(models):
+    detector = DWPoseDetector.from_folder(models)
+    session = detector.detector.session
+    assert detector.to("cpu").detector.session is session  # nothing to re-open
+    import onnxruntime
+
+    moved = detector.to("cuda").detector.session
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        assert moved.get_providers()[0] == "CUDAExecutionProvider"
+    else:  # a CPU-only onnxruntime: asking for CUDA keeps the CPU sessions
+        assert moved is session

@@ -29,8 +29,10 @@ from .checkpoint import (
     POSE_WEIGHT_FILE,
     WEIGHT_SOURCE,
     OnnxModel,
+    import_onnxruntime,
     load_person_detector,
     load_pose_model,
+    providers_for,
 )
 from .detection import DetectionConfig, letterbox, person_boxes
 from .keypoints import to_openpose
@@ -67,11 +69,14 @@ class DWPoseDetector:
         return cls.from_files(*paths)
 
     def to(self, device: Any = None, dtype: Any = None) -> "DWPoseDetector":
-        """Re-open the sessions on ``device`` (CUDA when onnxruntime has it, else CPU); ``dtype`` is ignored."""
-        if str(device) != str(self.device):
-            self.detector = load_person_detector(self.detector.path, device=device)
-            self.pose = load_pose_model(self.pose.path, device=device)
-            self.device = device
+        """Run on ``device``: CUDA when onnxruntime has it, else CPU (the sessions are re-opened only
+        when that changes their execution provider). ``dtype`` is ignored: the files fix it."""
+        available = self.detector.session.get_providers() + import_onnxruntime().get_available_providers()
+        wanted = providers_for(device, available)
+        if self.detector.session.get_providers()[:1] != wanted[:1]:
+            self.detector = load_person_detector(self.detector.path, providers=wanted)
+            self.pose = load_pose_model(self.pose.path, providers=wanted)
+        self.device = device
         return self
 
     # ------------------------------------------------------------------ public API
