@@ -145,3 +145,17 @@ def test_real_face_mesh_map_matches_controlnet_aux(mediapipe, monkeypatch):
     expected = reference.generate_annotation(photo, 1, 0.5)  # at the photo's own size, 512²
     found = MediapipeFaceDetector()(photo, resolution=512, max_faces=1, min_confidence=0.5)[0]
     assert expected.any() and np.array_equal(found, expected)
+
+
+def test_the_optional_packages_are_imported_only_when_their_annotator_runs():
+    import subprocess
+    from pathlib import Path
+
+    code = (
+        "import sys, annotators, annotators.dwpose, annotators.mediapipe_face, annotators.registry\n"
+        "print(sorted(name for name in ('onnxruntime', 'mediapipe') if name in sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
