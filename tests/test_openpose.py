@@ -624,14 +624,15 @@ def test_face_and_hand_files_are_told_apart(weights_dir):
 def test_face_requested_without_facenet_names_the_file_and_folder(weights_dir, tmp_path):
     (tmp_path / BODY_WEIGHT_FILE).symlink_to(weights_dir / BODY_WEIGHT_FILE)
     detector = OpenPoseDetector.from_folder(tmp_path)
+    detector.settings = OpenPoseSettings(body_box_size=16)  # small network inputs: this test is about files
     with pytest.raises(MissingWeightsError) as missing:
         detector.detect(np.zeros((16, 16, 3), np.uint8), include_hands=False, include_face=True)
     assert FACE_WEIGHT_FILE in str(missing.value) and str(tmp_path) in str(missing.value)
     # Put the file in the folder: the same detector picks it up when a face is asked for, not before.
     (tmp_path / FACE_WEIGHT_FILE).symlink_to(weights_dir / FACE_WEIGHT_FILE)
-    detector.detect(np.zeros((16, 16, 3), np.uint8), include_hands=False)
+    detector.detect(np.zeros((16, 16, 3), np.uint8), resolution=64, include_hands=False)
     assert detector.face_model is None
-    frame = detector.detect(np.zeros((16, 16, 3), np.uint8), include_hands=False, include_face=True)
+    frame = detector.detect(np.zeros((16, 16, 3), np.uint8), resolution=64, include_hands=False, include_face=True)
     assert frame["people"] == [] and detector.face_model is not None
 
 
