@@ -52,6 +52,22 @@ def clear_detector_cache() -> None:
         _CACHE.clear()
 
 
+def _openpose(
+    images: Any, *, resolution: int, models_dir: str | None, device: Any, include_hands: bool, include_face: bool,
+    draw_body: bool, draw_hands: bool, draw_face: bool,
+) -> Any:
+    from .registry import AnnotatorResult
+
+    module = _neural_module("openpose")
+    batch = to_batch_uint8(images)
+    detector = load_detector("openpose", "OpenPoseDetector", models_dir, device)
+    frames = detector.detect_batch(batch, resolution=resolution, include_hands=include_hands, include_face=include_face)
+    maps = np.stack(
+        [module.render_pose(frame, draw_body=draw_body, draw_hands=draw_hands, draw_face=draw_face) for frame in frames]
+    )
+    return AnnotatorResult(maps, frames)
+
+
 def openpose(
     images: Any,
     *,
@@ -63,16 +79,32 @@ def openpose(
     draw_hands: bool = True,
 ) -> Any:
     """OpenPose keypoints per frame, rendered; returns an AnnotatorResult with POSE_KEYPOINT frames."""
-    from .registry import AnnotatorResult
-
-    module = _neural_module("openpose")
-    batch = to_batch_uint8(images)
-    detector = load_detector("openpose", "OpenPoseDetector", models_dir, device)
-    frames = detector.detect_batch(batch, resolution=resolution, include_hands=include_hands)
-    maps = np.stack(
-        [module.render_pose(frame, draw_body=draw_body, draw_hands=draw_hands, draw_face=False) for frame in frames]
+    return _openpose(
+        images, resolution=resolution, models_dir=models_dir, device=device, include_hands=include_hands,
+        include_face=False, draw_body=draw_body, draw_hands=draw_hands, draw_face=False,
     )
-    return AnnotatorResult(maps, frames)
+
+
+def openpose_face(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None,
+    draw_body: bool = True, draw_face: bool = True,
+) -> Any:
+    """OpenPose body and face keypoints (controlnet_aux's ``openpose_face``), rendered, with POSE_KEYPOINT."""
+    return _openpose(
+        images, resolution=resolution, models_dir=models_dir, device=device, include_hands=False,
+        include_face=True, draw_body=draw_body, draw_hands=False, draw_face=draw_face,
+    )
+
+
+def openpose_full(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None,
+    draw_body: bool = True, draw_hands: bool = True, draw_face: bool = True,
+) -> Any:
+    """OpenPose body, hand and face keypoints (controlnet_aux's ``openpose_full``), rendered, with POSE_KEYPOINT."""
+    return _openpose(
+        images, resolution=resolution, models_dir=models_dir, device=device, include_hands=True,
+        include_face=True, draw_body=draw_body, draw_hands=draw_hands, draw_face=draw_face,
+    )
 
 
 def pose_render(
@@ -171,3 +203,36 @@ def depth_leres(
 
 def depth_leres_boost(images: Any, **kwargs: Any) -> np.ndarray:
     return depth_leres(images, boost=True, **kwargs)
+
+
+def dwpose(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None,
+    draw_body: bool = True, draw_hands: bool = True, draw_face: bool = True,
+) -> Any:
+    """DWPose body, hand and face keypoints, rendered like OpenPose; returns POSE_KEYPOINT frames too."""
+    from .registry import AnnotatorResult
+
+    detector = load_detector("dwpose", "DWPoseDetector", models_dir, device)
+    maps, frames = detector(
+        to_batch_uint8(images), resolution=resolution, draw_body=draw_body, draw_hands=draw_hands, draw_face=draw_face
+    )
+    return AnnotatorResult(maps, frames)
+
+
+_MEDIAPIPE_FACE: Any = None
+
+
+def mediapipe_face(images: Any, *, resolution: int = 512, max_faces: int = 1, min_confidence: float = 0.5) -> np.ndarray:
+    """MediaPipe face meshes drawn as the face ControlNet's maps (needs the optional mediapipe package)."""
+    global _MEDIAPIPE_FACE
+    with _CACHE_LOCK:
+        if _MEDIAPIPE_FACE is None:
+            _MEDIAPIPE_FACE = _neural_module("mediapipe_face").MediapipeFaceDetector()
+        detector = _MEDIAPIPE_FACE
+    return detector(to_batch_uint8(images), resolution=resolution, max_faces=max_faces, min_confidence=min_confidence)
+
+
+def seg_ufade20k(images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None) -> np.ndarray:
+    """UniFormer ADE20K segmentation drawn with the ADE20K palette, ``B×H×W×3`` uint8 at the input size."""
+    detector = load_detector("uniformer", "UniFormerSegmenter", models_dir, device)
+    return detector(to_batch_uint8(images), resolution=resolution)

@@ -91,6 +91,7 @@ class AnnotatorSpec:
     weights: tuple[WeightFile, ...] = ()
     outputs_pose: bool = False
     sample: str = "astronaut.png"  # bundled sample the CLI uses when no input is given
+    requires: tuple[str, ...] = ()  # optional Python packages only this annotator needs
     batch_chunk: int = 16  # frames per call: bounds memory and paces the progress bar
 
     @property
@@ -265,6 +266,74 @@ _SPECS: tuple[AnnotatorSpec, ...] = (
         default_resolution=None,
         sample="",
     ),
+    # --- pose, face and segmentation annotators of issue 11 (openpose_face/full, dwpose, mediapipe_face, seg_ufade20k) ---
+    AnnotatorSpec(
+        "openpose_face", "OpenPose + face", "Body and face keypoints (OpenPose body + face networks) drawn as an "
+        "OpenPose map; also returns POSE_KEYPOINT.",
+        "neural:openpose_face",
+        (
+            _bool("draw_body", True, "Draw the body skeleton."),
+            _bool("draw_face", True, "Draw the 70 face keypoints."),
+        ),
+        weights=(
+            WeightFile("body_pose_model.pth", "https://huggingface.co/lllyasviel/Annotators"),
+            WeightFile("facenet.pth", "https://huggingface.co/lllyasviel/Annotators"),
+        ),
+        outputs_pose=True,
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "openpose_full", "OpenPose full", "Body, hand and face keypoints (all three OpenPose networks) drawn as an "
+        "OpenPose map; also returns POSE_KEYPOINT.",
+        "neural:openpose_full",
+        (
+            _bool("draw_body", True, "Draw the body skeleton."),
+            _bool("draw_hands", True, "Draw hand skeletons."),
+            _bool("draw_face", True, "Draw the 70 face keypoints."),
+        ),
+        weights=(
+            WeightFile("body_pose_model.pth", "https://huggingface.co/lllyasviel/Annotators"),
+            WeightFile("hand_pose_model.pth", "https://huggingface.co/lllyasviel/Annotators"),
+            WeightFile("facenet.pth", "https://huggingface.co/lllyasviel/Annotators"),
+        ),
+        outputs_pose=True,
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "dwpose", "DWPose", "Body, hand and face keypoints from DWPose (YOLOX + RTMPose whole-body) drawn as an "
+        "OpenPose map; also returns POSE_KEYPOINT.",
+        "neural:dwpose",
+        (
+            _bool("draw_body", True, "Draw the body skeleton."),
+            _bool("draw_hands", True, "Draw hand skeletons."),
+            _bool("draw_face", True, "Draw the face keypoints."),
+        ),
+        weights=(
+            WeightFile("yolox_l.onnx", "https://huggingface.co/yzd-v/DWPose"),
+            WeightFile("dw-ll_ucoco_384.onnx", "https://huggingface.co/yzd-v/DWPose"),
+        ),
+        outputs_pose=True,
+        requires=("onnxruntime",),
+    ),
+    AnnotatorSpec(
+        "mediapipe_face", "MediaPipe face", "Face mesh contours (MediaPipe Face Mesh; its model ships inside the "
+        "mediapipe package, no weight file) for the face ControlNet.",
+        "neural:mediapipe_face",
+        (
+            _int("max_faces", 1, 1, 50, "Most faces to find per image."),
+            _float("min_confidence", 0.5, 0.01, 1.0, "Face detection confidence a face needs.", 0.01),
+        ),
+        requires=("mediapipe",),
+    ),
+    AnnotatorSpec(
+        "seg_ufade20k", "UniFormer segmentation", "ADE20K semantic segmentation (UniFormer-S UperNet) drawn with the "
+        "ADE20K palette, for segmentation ControlNets.",
+        "neural:seg_ufade20k",
+        (),
+        weights=(WeightFile("upernet_global_small.pth", "https://huggingface.co/lllyasviel/Annotators"),),
+        batch_chunk=4,
+    ),
+    # --- end of the pose, face and segmentation annotators ---
     AnnotatorSpec(
         "depth_anything_v2", "Depth Anything V2", "Relative depth (near = bright) from Depth Anything V2 small.",
         "neural:depth_anything_v2",

@@ -136,13 +136,14 @@ class Preprocessor:
     DESCRIPTION = (
         "Makes a ControlNet control map from an image with any annotator, using its default settings. "
         "Works offline; neural types read their weights from models/annotators. The map has the input's "
-        "size, aligned pixel for pixel. POSE_KEYPOINT is filled for openpose, empty otherwise."
+        "size, aligned pixel for pixel. POSE_KEYPOINT is filled for the pose types (openpose, openpose_face, "
+        "openpose_full, dwpose), empty otherwise."
     )
     CATEGORY = CATEGORY
     FUNCTION = "preprocess"
     RETURN_TYPES = ("IMAGE", "POSE_KEYPOINT")
     RETURN_NAMES = ("control_map", "pose_keypoint")
-    OUTPUT_TOOLTIPS = ("The control map, same size as the input.", "OpenPose keypoints (openpose only; else empty).")
+    OUTPUT_TOOLTIPS = ("The control map, same size as the input.", "Pose keypoints (pose types only; else empty).")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -182,6 +183,8 @@ def _dedicated_node(spec: AnnotatorSpec) -> type:
         required[param.name] = comfy_input(param)
     with_pose = spec.outputs_pose or spec.input_kind == INPUT_POSE
     weights = f" Needs {', '.join(w.file_name for w in spec.weights)} in models/annotators." if spec.weights else ""
+    if spec.requires:
+        weights += f" Needs the Python package {', '.join(spec.requires)} (see the pack's annotators/README.md)."
 
     def preprocess(self: Any, **kwargs: Any) -> dict:
         primary = kwargs.pop(name)

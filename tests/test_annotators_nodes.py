@@ -68,7 +68,7 @@ def test_inpaint_node_keeps_minus_one_and_needs_a_mask(host):
         host.nodes.Preprocessor().preprocess(torch.rand(1, 20, 30, 3), "inpaint", 512)
 
 
-@pytest.mark.parametrize("preprocessor", ["openpose", "depth_anything_v2", "hed"])
+@pytest.mark.parametrize("preprocessor", ["openpose", "openpose_face", "openpose_full", "dwpose", "depth_anything_v2", "hed"])
 def test_missing_neural_weights_name_the_file_and_the_models_folder(host, preprocessor):
     from pack_under_test.annotators.common import MissingWeightsError
 

@@ -13,7 +13,9 @@ from annotators.__main__ import main as cli_main
 from annotators.registry import INPUT_DEPTH, INPUT_IMAGE, INPUT_LABELS, INPUT_POSE
 
 NEURAL = [name for name, spec in REGISTRY.items() if spec.weights]
-CLASSICAL = [name for name, spec in REGISTRY.items() if not spec.weights and spec.input_kind != INPUT_POSE]
+CLASSICAL = [
+    name for name, spec in REGISTRY.items() if not spec.weights and not spec.requires and spec.input_kind != INPUT_POSE
+]
 
 
 def sample_input(name: str, batch: int = 2) -> tuple[np.ndarray, dict]:

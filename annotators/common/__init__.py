@@ -1,6 +1,6 @@
 """Shared input handling for all annotators: errors, image normalisation, resolution round trip."""
 from .batch import gray_to_rgb, map_frames, normalise_per_image, rgb_to_gray
-from .errors import AnnotatorInputError, MissingWeightsError
+from .errors import AnnotatorInputError, MissingDependencyError, MissingWeightsError
 from .image import FitToResolution, as_numpy, fit_to_resolution, scaled_size, to_batch_uint8, to_uint8_rgb, to_unit_float
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "map_frames",
     "normalise_per_image",
     "rgb_to_gray",
+    "MissingDependencyError",
     "MissingWeightsError",
     "FitToResolution",
     "as_numpy",

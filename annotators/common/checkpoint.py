@@ -31,6 +31,11 @@ KNOWN_SIGNATURES = {
     "input_blocks.0.0.weight": "a ControlNet / UNet checkpoint",
     "controlnet_cond_embedding.conv_in.weight": "a diffusers ControlNet",
 }
+# Keys that several published files share, told apart by the tensor's first dimension; checked first.
+KNOWN_SHAPED_SIGNATURES = {
+    ("Mconv7_stage6.weight", 71): "the OpenPose face model (facenet.pth)",
+    ("backbone.blocks3.0.attn.qkv.weight", 960): "the UniFormer-S UperNet ADE20K segmentation model (upernet_global_small.pth)",
+}
 
 _SHOWN_KEYS = 5
 _WRAPPER_KEYS = ("state_dict", "model", "depth_model", "module", "net")
@@ -96,6 +101,10 @@ def read_state_dict(path: str | Path, *, annotator: str) -> dict[str, torch.Tens
 
 def identify(state: Mapping[str, torch.Tensor]) -> str | None:
     """Name of the known published model whose signature key ``state`` has, if any."""
+    for (key, rows), description in KNOWN_SHAPED_SIGNATURES.items():
+        tensor = state.get(key)
+        if tensor is not None and tensor.ndim > 0 and tensor.shape[0] == rows:
+            return description
     for key, description in KNOWN_SIGNATURES.items():
         if key in state or any(name.endswith("." + key) for name in state):
             return description
