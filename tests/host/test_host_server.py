@@ -54,8 +54,10 @@ def test_object_info_schemas_match_the_snapshot(object_info):
             for entry in expected["inputs"][section]:
                 kind, options = served[entry["name"]][0], served[entry["name"]][1]
                 assert options.get("tooltip"), f"{key}.{entry['name']} has no tooltip in /object_info"
-                if entry["type"] == "COMBO:files":
-                    assert POSE in kind and DEPTH in kind  # the folder's files, through folder_paths
+                if isinstance(entry["type"], str) and entry["type"].startswith("COMBO:"):
+                    # a models-folder list, after any fixed leading values ("none+files")
+                    fixed = entry["type"][len("COMBO:"):].split("+")[:-1]
+                    assert kind[:len(fixed)] == fixed and POSE in kind and DEPTH in kind  # through folder_paths
                 elif isinstance(entry["type"], list):
                     assert kind == entry["type"][1:]
                 else:
