@@ -109,7 +109,7 @@ def reference_state(module: nn.Module, seed: int) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-# ---- the released key layout (SYSTEMS.md tables, from the released code) ----------------------------
+# ---- the released key layout (from the released code) ----------------------------------------------------
 
 def test_released_key_layouts():
     a = {k: tuple(v.shape) for k, v in ReferenceModuleA().state_dict().items()}

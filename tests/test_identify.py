@@ -42,7 +42,7 @@ def tiny(*keys_and_shapes) -> dict[str, torch.Tensor]:
     return {key: torch.zeros(shape) for key, shape in keys_and_shapes}
 
 
-# Written out from the released code (shapes as SYSTEMS.md lists them; small where only keys matter).
+# Written out from the released code (small shapes where only the keys matter).
 STYLE = tiny(("style_embedding", (1, 8, 1024)), ("proj", (1024, 768)), ("ln_pre.weight", (1024,)),
              ("transformer_layes.0.attn.in_proj_weight", (3072, 1024)), ("ln_post.weight", (1024,)))
 COADAPTER_FUSER = tiny(("task_embedding", (16, 768)), ("positional_embedding", (4, 768)),

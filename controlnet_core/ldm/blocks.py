@@ -154,7 +154,9 @@ class SpatialTransformer(nn.Module):
         h = self.norm(x)
         if not self.use_linear:
             h = self.proj_in(h)
-        h = h.flatten(2).transpose(1, 2)  # B×(H·W)×C
+        # B×(H·W)×C as a contiguous copy, as diffusers and the host make it: a transposed view would send
+        # the linear projection down another GEMM layout and change the last bits.
+        h = h.movedim(1, -1).flatten(1, 2).contiguous()
         if self.use_linear:
             h = self.proj_in(h)
         for block in self.transformer_blocks:

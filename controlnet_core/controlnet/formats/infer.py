@@ -1,6 +1,6 @@
 """Inferring a ControlNetConfig from the tensor shapes of an original-layout state dict.
 
-Everything but the head count is in the shapes (see FORMATS.md): channels from the convs, levels
+Everything but the head count is in the shapes: channels from the convs, levels
 from where the downsamplers sit, transformer depth by counting blocks, projection kind from the
 rank of proj_in, context width from attn2.to_k. The family decides the heads: SD1.x 8 heads,
 SD2.x and SDXL 64 channels per head.
