@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .common import AnnotatorInputError
+from .common.image import MAX_DETECTION_SIDE, check_detection_size
 
 # What the primary input of an annotator is.
 INPUT_IMAGE = "image"  # a photo: B×H×W×C uint8 or float [0, 1]
@@ -311,6 +312,21 @@ def _batch_length(inputs: Any, input_kind: str) -> int:
     return 1
 
 
+MIN_RESOLUTION = 64
+MAX_RESOLUTION = MAX_DETECTION_SIDE
+
+
+def validate_resolution(value: Any) -> int:
+    """A detection resolution: 0 (detect at the input's own size) or 64..16384 pixels (short side)."""
+    number = ParamSpec("resolution", "int", 512, "", 0, MAX_RESOLUTION).validate(value)
+    if 0 < number < MIN_RESOLUTION:
+        raise AnnotatorInputError(
+            f"resolution: expected 0 (detect at the input's own size) or a value in "
+            f"[{MIN_RESOLUTION}, {MAX_RESOLUTION}], found {value!r}"
+        )
+    return number
+
+
 def run_annotator(
     name: str,
     inputs: Any,
@@ -326,7 +342,8 @@ def run_annotator(
 
     ``inputs`` is a ``B×H×W×C`` batch or one image (photos, depth maps, label maps), or POSE_KEYPOINT
     frames for ``pose_render``. ``resolution`` is the detection short side (the annotator's default
-    when None; ignored by annotators that work at the input's own size). Unknown or out-of-range
+    when None; 0 detects at the input's own size; ignored by annotators that always work at the
+    input's own size). A size whose detection image would be too large is refused before anything runs. Unknown or out-of-range
     parameters raise :class:`AnnotatorInputError`; missing weight files raise MissingWeightsError.
     ``models_dir`` (folder of weight files) and ``device`` (torch device) matter to neural annotators only.
     """
@@ -334,8 +351,13 @@ def run_annotator(
     function = spec.load()
     kwargs = spec.resolve_params(params)
     if spec.uses_resolution:
-        chosen = spec.default_resolution if resolution is None else resolution
-        kwargs["resolution"] = int(ParamSpec("resolution", "int", 512, "", 64, 16384).validate(chosen))
+        kwargs["resolution"] = validate_resolution(spec.default_resolution if resolution is None else resolution)
+        shape = getattr(inputs, "shape", None)
+        if spec.input_kind == INPUT_IMAGE and shape is not None and len(shape) in (2, 3, 4):
+            # Refuse an impossible detection size now, before weights are loaded or memory allocated.
+            height, width = shape[1:3] if len(shape) == 4 else shape[:2]
+            if height > 0 and width > 0:
+                check_detection_size(int(height), int(width), kwargs["resolution"])
     if spec.weights:
         kwargs["models_dir"] = models_dir
         kwargs["device"] = device
@@ -391,6 +413,7 @@ __all__ = [
     "annotator_names",
     "get_spec",
     "run_annotator",
+    "validate_resolution",
     "INPUT_IMAGE",
     "INPUT_DEPTH",
     "INPUT_LABELS",
