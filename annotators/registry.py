@@ -36,6 +36,9 @@ class ParamSpec:
     maximum: float | None = None
     step: float | None = None
     choices: tuple[str, ...] = ()
+    # Added after the annotator's node shipped: the node lists it under its optional inputs, after
+    # the others, so workflows saved before keep their widget values in place.
+    added_later: bool = False
 
     def validate(self, value: Any) -> Any:
         """Coerce ``value`` to this parameter's type and check its range; raise AnnotatorInputError."""
@@ -147,8 +150,8 @@ def _bool(name: str, default: bool, help: str) -> ParamSpec:
     return ParamSpec(name, "bool", default, help)
 
 
-def _choice(name: str, choices: Sequence[str], default: str, help: str) -> ParamSpec:
-    return ParamSpec(name, "choice", default, help, choices=tuple(choices))
+def _choice(name: str, choices: Sequence[str], default: str, help: str, *, added_later: bool = False) -> ParamSpec:
+    return ParamSpec(name, "choice", default, help, choices=tuple(choices), added_later=added_later)
 
 
 _SPECS: tuple[AnnotatorSpec, ...] = (
@@ -226,8 +229,12 @@ _SPECS: tuple[AnnotatorSpec, ...] = (
             _float("strength", 1.0, 0.01, 100.0, "Depth relief: 1 tilts a full-range ramp across the image by 45°.", 0.01),
             _float("blur_sigma", 1.0, 0.0, 20.0, "Smooth the depth first (hides 8-bit steps)."),
             _float("background_threshold", 0.0, 0.0, 1.0, "Depth below this faces the camera (flat background).", 0.01),
-            _bool("invert_x", False, "Flip red (left/right) for models trained with the other handedness."),
-            _bool("invert_y", False, "Flip green (up/down)."),
+            _bool("invert_x", False, "Flip the left/right component, for models trained with the other handedness."),
+            _bool("invert_y", False, "Flip the up/down component (green)."),
+            _choice("convention", ("normal_bae", "normal_midas"), "normal_bae",
+                    "Channel order for the ControlNet that reads the map. normal_bae: ControlNet 1.1 normalbae "
+                    "and rendered normal maps (red = left, green = up, blue = front). normal_midas: ControlNet 1.0 "
+                    "control_sd15_normal (red = front, green = up, blue = left).", added_later=True),
         ),
         input_kind=INPUT_DEPTH,
         default_resolution=None,

@@ -173,8 +173,9 @@ def _dedicated_node(spec: AnnotatorSpec) -> type:
         required["mask"] = MASK_INPUT
     if spec.uses_resolution:
         required["resolution"] = resolution_input(spec.default_resolution)
+    optional: dict[str, tuple] = {}
     for param in spec.params:
-        required[param.name] = comfy_input(param)
+        (optional if param.added_later else required)[param.name] = comfy_input(param)
     with_pose = spec.outputs_pose or spec.input_kind == INPUT_POSE
     weights = f" Needs {', '.join(w.file_name for w in spec.weights)} in models/annotators." if spec.weights else ""
 
@@ -193,7 +194,7 @@ def _dedicated_node(spec: AnnotatorSpec) -> type:
             "FUNCTION": "preprocess",
             "RETURN_TYPES": ("IMAGE", "POSE_KEYPOINT") if with_pose else ("IMAGE",),
             "RETURN_NAMES": ("control_map", "pose_keypoint") if with_pose else ("control_map",),
-            "INPUT_TYPES": classmethod(lambda cls: {"required": dict(required)}),
+            "INPUT_TYPES": classmethod(lambda cls: {"required": dict(required), "optional": dict(optional)}),
             "preprocess": preprocess,
         },
     )

@@ -135,6 +135,47 @@ def test_normals_of_a_vertical_ramp_move_green_and_flat_depth_faces_the_camera()
     assert (inverted[4:-4, 4:-4, 1] < 96).all()
 
 
+@pytest.mark.parametrize("strength", [0.5, 2.0])
+def test_normal_conventions_of_a_known_slope(strength):
+    """Depth rising to the right by strength·size/(size−1) per pixel: the surface faces left with
+    normal (slope, 0, 1)/√(1+slope²) in (left, up, front). normal_bae (ControlNet 1.1) puts the
+    components in R, G, B; normal_midas (ControlNet 1.0) in B, G, R."""
+    size = 64
+    ramp = np.tile(np.linspace(0, 1, size, dtype=np.float32), (size, 1))
+    slope = strength * size / (size - 1)
+    norm = math.sqrt(1 + slope**2)
+    left, up, front = 127.5 + 127.5 * slope / norm, 127.5, 127.5 + 127.5 / norm
+    for convention, expected in (("normal_bae", (left, up, front)), ("normal_midas", (front, up, left))):
+        normals = normal_from_depth(ramp, strength=strength, blur_sigma=0, convention=convention)[0]
+        assert np.abs(normals[4:-4, 4:-4].reshape(-1, 3).astype(np.float64) - expected).max() <= 1.0, convention
+    flat = np.full((20, 30), 0.5, np.float32)
+    assert (normal_from_depth(flat, convention="normal_bae")[0] == (128, 128, 255)).all()
+    assert (normal_from_depth(flat, convention="normal_midas")[0] == (255, 128, 128)).all()
+    with pytest.raises(AnnotatorInputError, match="normal_bae"):
+        normal_from_depth(flat, convention="opengl")
+
+
+def test_normal_midas_matches_the_controlnet_10_formula():
+    """ControlNet 1.0's app (gradio_normal2image.py with annotator/midas): x, y = 3×3 Sobel of the
+    depth, z = a constant a, (x, y, z) normalised, ·127.5 + 127.5, cast to uint8, and the channels
+    reversed before the map reaches control_sd15_normal. With our scale (slope = Sobel/8 ·
+    strength · short side) the same normal comes out for a = 8 / (strength · short side)."""
+    rng = np.random.default_rng(5)
+    height, width, strength = 48, 72, 1.5
+    depth = cv2.GaussianBlur(rng.random((height, width)).astype(np.float32), (0, 0), 4)
+    depth = (depth - depth.min()) / (depth.max() - depth.min())
+    a = 8.0 / (strength * min(height, width))
+    x = cv2.Sobel(depth, cv2.CV_32F, 1, 0, ksize=3)
+    y = cv2.Sobel(depth, cv2.CV_32F, 0, 1, ksize=3)
+    normal = np.stack([x, y, np.full_like(x, a)], axis=2)
+    normal /= np.sum(normal**2.0, axis=2, keepdims=True) ** 0.5
+    reference = (normal * 127.5 + 127.5).clip(0, 255).astype(np.uint8)[:, :, ::-1]
+    ours = normal_from_depth(depth, strength=strength, blur_sigma=0, convention="normal_midas")[0]
+    # Interior only (the two differ in border handling); ours rounds where the reference truncates.
+    difference = ours[1:-1, 1:-1].astype(int) - reference[1:-1, 1:-1].astype(int)
+    assert difference.min() >= 0 and difference.max() <= 1
+
+
 def test_normals_accept_8_and_16_bit_depth_images_and_reject_nan():
     ramp16 = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (40, 1))
     assert normal_from_depth(ramp16).shape == (1, 40, 64, 3)
