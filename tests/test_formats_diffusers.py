@@ -1,7 +1,7 @@
 """Unit tests of the diffusers -> ldm key conversion (controlnet_core/formats/diffusers.py).
 
 End-to-end numerical correctness of the mapping is covered by test_diffusers_parity.py; these
-tests pin the rules from the format description (FORMATS.md) and the error behaviour.
+tests pin the renaming rules (the TABLES in controlnet_core/formats/diffusers.py) and the error behaviour.
 """
 from __future__ import annotations
 
