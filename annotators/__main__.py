@@ -23,9 +23,9 @@ import numpy as np
 
 from .common import AnnotatorInputError, MissingWeightsError
 from .neural import MODELS_DIR_ENV, default_models_dir
-from .registry import INPUT_DEPTH, INPUT_LABELS, INPUT_POSE, AnnotatorSpec, ParamSpec, annotator_names, get_spec, run_annotator
-
-SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+from .registry import (
+    INPUT_DEPTH, INPUT_LABELS, INPUT_POSE, SAMPLES_DIR, AnnotatorSpec, ParamSpec, annotator_names, get_spec, run_annotator,
+)
 
 
 def _parse_bool(text: str) -> bool:

@@ -1,6 +1,11 @@
 """Adapters from the registry's calling convention to the neural annotators (OpenPose, Depth Anything
 V2, HED). Their packages are imported only here and only when first run, and loaded detectors are
 cached per (detector, weights folder, device) so a batch of video frames loads weights once.
+
+A detector runs wherever its torch modules are. A caller that manages device memory itself (the
+ComfyUI nodes hand the modules to the host's model manager) gets the CPU-loaded detector with
+:func:`detector_for` and the modules to place with :func:`torch_modules`, then runs the annotator
+with ``device=None``; the same cached detector is used, on whatever device the modules are then.
 """
 from __future__ import annotations
 
@@ -43,6 +48,27 @@ def load_detector(module_name: str, class_name: str, models_dir: str | None, dev
         return _CACHE[key]
 
 
+# Annotator name -> (package, detector class) of the detector it runs.
+DETECTORS: dict[str, tuple[str, str]] = {
+    "openpose": ("openpose", "OpenPoseDetector"),
+    "depth_anything_v2": ("depth_anything_v2", "DepthAnythingV2"),
+    "hed": ("hed", "HEDDetector"),
+}
+
+
+def detector_for(annotator: str, models_dir: str | None, device: Any = None) -> Any:
+    """The cached detector ``annotator`` runs (loaded on the CPU when ``device`` is None)."""
+    module_name, class_name = DETECTORS[annotator]
+    return load_detector(module_name, class_name, models_dir, device)
+
+
+def torch_modules(detector: Any) -> list[Any]:
+    """The torch modules a detector runs (for a memory manager to place): every ``nn.Module`` attribute."""
+    from torch import nn
+
+    return [value for value in vars(detector).values() if isinstance(value, nn.Module)]
+
+
 def clear_detector_cache() -> None:
     """Drop every cached detector (frees their memory)."""
     with _CACHE_LOCK:
@@ -64,7 +90,7 @@ def openpose(
 
     module = _neural_module("openpose")
     batch = to_batch_uint8(images)
-    detector = load_detector("openpose", "OpenPoseDetector", models_dir, device)
+    detector = detector_for("openpose", models_dir, device)
     frames = detector.detect_batch(batch, resolution=resolution, include_hands=include_hands)
     maps = np.stack(
         [module.render_pose(frame, draw_body=draw_body, draw_hands=draw_hands, draw_face=False) for frame in frames]
@@ -95,7 +121,7 @@ def depth_anything_v2(
 ) -> np.ndarray:
     """Relative depth, near = bright, as a gray ``B×H×W×3`` uint8 map at the input size."""
     batch = to_batch_uint8(images)
-    detector = load_detector("depth_anything_v2", "DepthAnythingV2", models_dir, device)
+    detector = detector_for("depth_anything_v2", models_dir, device)
     depth = np.asarray(detector(batch, resolution=resolution), dtype=np.float32)
     return gray_to_rgb(np.clip(np.rint(depth * 255.0), 0, 255).astype(np.uint8))
 
@@ -105,6 +131,6 @@ def hed(
 ) -> np.ndarray:
     """HED soft edges as a gray ``B×H×W×3`` uint8 map at the input size."""
     batch = to_batch_uint8(images)
-    detector = load_detector("hed", "HEDDetector", models_dir, device)
+    detector = detector_for("hed", models_dir, device)
     edges = np.asarray(detector(batch, resolution=resolution, safe=safe), dtype=np.float32)
     return gray_to_rgb(np.clip(np.rint(edges * 255.0), 0, 255).astype(np.uint8))

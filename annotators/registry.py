@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .common import AnnotatorInputError
 from .common.image import MAX_DETECTION_SIDE, check_detection_size
+
+# Photos and a pose bundled with the pack (sources and licences in samples/README.md).
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 
 # What the primary input of an annotator is.
 INPUT_IMAGE = "image"  # a photo: B×H×W×C uint8 or float [0, 1]
@@ -417,6 +421,7 @@ __all__ = [
     "ParamSpec",
     "WeightFile",
     "REGISTRY",
+    "SAMPLES_DIR",
     "annotator_names",
     "get_spec",
     "run_annotator",

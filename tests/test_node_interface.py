@@ -8,6 +8,7 @@ same snapshot.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -56,9 +57,12 @@ def nodes(monkeypatch, tmp_path):
 def all_mappings(monkeypatch, tmp_path):
     """Every node of the pack: the ControlNet nodes and the preprocessor nodes."""
     preprocessors, _, _ = import_preprocessor_nodes(monkeypatch, tmp_path)
-    controlnet = sys.modules[preprocessors.__name__.rsplit(".", 1)[0] + ".controlnet_nodes"]
-    return ({**controlnet.NODE_CLASS_MAPPINGS, **preprocessors.NODE_CLASS_MAPPINGS},
-            {**controlnet.NODE_DISPLAY_NAME_MAPPINGS, **preprocessors.NODE_DISPLAY_NAME_MAPPINGS})
+    package = preprocessors.__name__.rsplit(".", 1)[0]
+    controlnet = sys.modules[package + ".controlnet_nodes"]
+    samples = importlib.import_module(package + ".sample_nodes")
+    return ({**controlnet.NODE_CLASS_MAPPINGS, **preprocessors.NODE_CLASS_MAPPINGS, **samples.NODE_CLASS_MAPPINGS},
+            {**controlnet.NODE_DISPLAY_NAME_MAPPINGS, **preprocessors.NODE_DISPLAY_NAME_MAPPINGS,
+             **samples.NODE_DISPLAY_NAME_MAPPINGS})
 
 
 def test_interface_matches_snapshot(all_mappings):
