@@ -92,6 +92,10 @@ def models_dir_for(spec: AnnotatorSpec) -> str:
     raise MissingWeightsError(main_file.file_name, folders[0], annotator=spec.display_name, source=main_file.source)
 
 
+class AnnotatorModels(torch.nn.ModuleList):
+    """The torch modules of one annotator as one model for the host ("Requested to load AnnotatorModels")."""
+
+
 # One ModelPatcher per loaded detector, kept as long as the detector is (annotators caches it).
 _PATCHERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
@@ -107,7 +111,7 @@ def load_managed_detector(spec: AnnotatorSpec, folder: str) -> Any:
     detector = neural.detector_for(spec.name, folder)
     patcher = _PATCHERS.get(detector)
     if patcher is None:
-        modules = torch.nn.ModuleList(neural.torch_modules(detector))
+        modules = AnnotatorModels(neural.torch_modules(detector))
         patcher = comfy.model_patcher.ModelPatcher(
             modules, load_device=comfy.model_management.get_torch_device(),
             offload_device=comfy.model_management.unet_offload_device(),
