@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any
-
 import weakref
+from typing import Any
 
 import comfy.model_management
 import comfy.model_patcher
