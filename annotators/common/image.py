@@ -279,14 +279,20 @@ class FitToResolution:
         one always survives and the line is neither dropped nor thickened beyond the pixels it
         touches. When enlarging, a line keeps its scaled width (a 1 px line at 2× is 2 px wide).
         """
-        output = np.asarray(output)
-        coverage = self.restore((output > 0).astype(np.float32))
+        on = (np.asarray(output) > 0).astype(np.uint8)
+        on *= 255
+        coverage = self.restore(on)  # uint8: 255 = fully covered (resampled in 8 bits: fast)
+        if self.scaled_size == self.original_size:
+            return coverage  # cropped only, still two levels
         threshold = 0.5
         if lines:
             shrink = max(self.scaled_size[0] / self.original_size[0], self.scaled_size[1] / self.original_size[1])
             threshold = 0.5 / max(1.0, shrink)
-        # The tolerance absorbs float rounding in the resampling weights (exact halves stay "on").
-        return np.where(coverage >= threshold - 1e-4, 255, 0).astype(np.uint8)
+        # The resampled coverage is rounded to whole levels: keep what rounds to the threshold or above
+        # (an exact half stays on).
+        kept = (coverage >= threshold * 255.0 - 0.5).astype(np.uint8)
+        kept *= 255
+        return kept
 
     def _restore_one(self, cropped: np.ndarray, interpolation: str) -> np.ndarray:
         height, width = self.original_size
