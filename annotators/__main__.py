@@ -23,9 +23,9 @@ import numpy as np
 
 from .common import AnnotatorInputError, MissingDependencyError, MissingWeightsError
 from .neural import MODELS_DIR_ENV, default_models_dir
-from .registry import INPUT_DEPTH, INPUT_LABELS, INPUT_POSE, AnnotatorSpec, ParamSpec, annotator_names, get_spec, run_annotator
-
-SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+from .registry import (
+    INPUT_DEPTH, INPUT_LABELS, INPUT_POSE, SAMPLES_DIR, AnnotatorSpec, ParamSpec, annotator_names, get_spec, run_annotator,
+)
 
 
 def _parse_bool(text: str) -> bool:
@@ -65,7 +65,7 @@ def build_parser(spec: AnnotatorSpec | None = None, *, add_help: bool = True) ->
     parser.add_argument("input", nargs="?", help="input image (default: a bundled sample photo)")
     parser.add_argument("output", nargs="?", help="output PNG (default: TYPE.png)")
     parser.add_argument("--list", action="store_true", help="list the annotators and their parameters, then exit")
-    parser.add_argument("--resolution", type=int, default=None, help="detection short side in pixels (default: the annotator's)")
+    parser.add_argument("--resolution", type=int, default=None, help="detection short side in pixels, 64..16384, or 0 for the input's own size (default: the annotator's)")
     parser.add_argument(
         "--models-dir", default=None,
         help=f"folder with neural weight files (default: ${MODELS_DIR_ENV} or ./models/annotators)",

@@ -1,6 +1,11 @@
 """Adapters from the registry's calling convention to the neural annotators (OpenPose, Depth Anything
 V2, HED, MiDaS, ZoeDepth, NormalBAE, LeReS). Their packages are imported only here and only when first run, and loaded detectors are
 cached per (detector, weights folder, device) so a batch of video frames loads weights once.
+
+A detector runs wherever its torch modules are. A caller that manages device memory itself (the
+ComfyUI nodes hand the modules to the host's model manager) gets the CPU-loaded detector with
+:func:`detector_for` and the modules to place with :func:`torch_modules`, then runs the annotator
+with ``device=None``; the same cached detector is used, on whatever device the modules are then.
 """
 from __future__ import annotations
 
@@ -46,6 +51,40 @@ def load_detector(
         return _CACHE[key]
 
 
+# Annotator name -> (package, detector class, weight file when not the class's default) of the torch
+# detector it runs. Annotators sharing a detector share its cache entry (and, in the nodes, its place
+# in the host's memory manager). ONNX (dwpose) and MediaPipe detectors have no torch modules to hand over.
+DETECTORS: dict[str, tuple[str, str, str | None]] = {
+    "openpose": ("openpose", "OpenPoseDetector", None),
+    "openpose_face": ("openpose", "OpenPoseDetector", None),
+    "openpose_full": ("openpose", "OpenPoseDetector", None),
+    "depth_anything_v2": ("depth_anything_v2", "DepthAnythingV2", None),
+    "depth_anything_v2_vitb": ("depth_anything_v2", "DepthAnythingV2", "depth_anything_v2_vitb.pth"),
+    "depth_anything_v2_vitl": ("depth_anything_v2", "DepthAnythingV2", "depth_anything_v2_vitl.pth"),
+    "hed": ("hed", "HEDDetector", None),
+    "depth_midas": ("midas", "MidasDetector", None),
+    "normal_midas": ("midas", "MidasDetector", None),
+    "depth_zoe": ("zoe", "ZoeDetector", None),
+    "normal_bae": ("normalbae", "NormalBaeDetector", None),
+    "depth_leres": ("leres", "LeresDetector", None),
+    "depth_leres++": ("leres", "LeresDetector", None),
+    "seg_ufade20k": ("uniformer", "UniFormerSegmenter", None),
+}
+
+
+def detector_for(annotator: str, models_dir: str | None, device: Any = None) -> Any:
+    """The cached detector ``annotator`` runs (loaded on the CPU when ``device`` is None)."""
+    module_name, class_name, file_name = DETECTORS[annotator]
+    return load_detector(module_name, class_name, models_dir, device, file_name)
+
+
+def torch_modules(detector: Any) -> list[Any]:
+    """The torch modules a detector runs (for a memory manager to place): every ``nn.Module`` attribute."""
+    from torch import nn
+
+    return [value for value in vars(detector).values() if isinstance(value, nn.Module)]
+
+
 def clear_detector_cache() -> None:
     """Drop every cached detector (frees their memory)."""
     with _CACHE_LOCK:
@@ -60,7 +99,7 @@ def _openpose(
 
     module = _neural_module("openpose")
     batch = to_batch_uint8(images)
-    detector = load_detector("openpose", "OpenPoseDetector", models_dir, device)
+    detector = detector_for("openpose", models_dir, device)
     frames = detector.detect_batch(batch, resolution=resolution, include_hands=include_hands, include_face=include_face)
     maps = np.stack(
         [module.render_pose(frame, draw_body=draw_body, draw_hands=draw_hands, draw_face=draw_face) for frame in frames]
@@ -132,8 +171,8 @@ def depth_anything_v2(
 
     ``encoder`` picks the published file: vits (small), vitb (base) or vitl (large)."""
     batch = to_batch_uint8(images)
-    file_name = None if encoder == "vits" else f"depth_anything_v2_{encoder}.pth"
-    detector = load_detector("depth_anything_v2", "DepthAnythingV2", models_dir, device, file_name)
+    detector = detector_for("depth_anything_v2" if encoder == "vits" else f"depth_anything_v2_{encoder}", models_dir,
+                            device)
     return _gray_map(detector(batch, resolution=resolution))
 
 
@@ -156,7 +195,7 @@ def _to_uint8(values: Any) -> np.ndarray:
 
 def depth_midas(images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None) -> np.ndarray:
     """MiDaS DPT-Hybrid relative depth, near = bright, gray ``B×H×W×3`` uint8 at the input size."""
-    detector = load_detector("midas", "MidasDetector", models_dir, device)
+    detector = detector_for("depth_midas", models_dir, device)
     return _gray_map(detector(to_batch_uint8(images), resolution=resolution))
 
 
@@ -165,7 +204,7 @@ def normal_midas(
     a: float = 2 * np.pi, bg_threshold: float = 0.1,
 ) -> np.ndarray:
     """ControlNet 1.0 normal map from MiDaS depth, ``B×H×W×3`` uint8 at the input size."""
-    detector = load_detector("midas", "MidasDetector", models_dir, device)
+    detector = detector_for("normal_midas", models_dir, device)
     return _to_uint8(detector.normals(to_batch_uint8(images), resolution=resolution, a=a, bg_threshold=bg_threshold))
 
 
@@ -173,13 +212,13 @@ def depth_zoe(
     images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None, gamma_corrected: bool = False
 ) -> np.ndarray:
     """ZoeDepth map (percentile-normalised metric depth, near = bright), gray ``B×H×W×3`` uint8."""
-    detector = load_detector("zoe", "ZoeDetector", models_dir, device)
+    detector = detector_for("depth_zoe", models_dir, device)
     return _gray_map(detector(to_batch_uint8(images), resolution=resolution, gamma_corrected=gamma_corrected))
 
 
 def normal_bae(images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None) -> np.ndarray:
     """NormalBAE surface normals (ControlNet 1.1 normalbae), ``B×H×W×3`` uint8 at the input size."""
-    detector = load_detector("normalbae", "NormalBaeDetector", models_dir, device)
+    detector = detector_for("normal_bae", models_dir, device)
     return _to_uint8(detector(to_batch_uint8(images), resolution=resolution))
 
 
@@ -188,7 +227,7 @@ def hed(
 ) -> np.ndarray:
     """HED soft edges as a gray ``B×H×W×3`` uint8 map at the input size."""
     batch = to_batch_uint8(images)
-    detector = load_detector("hed", "HEDDetector", models_dir, device)
+    detector = detector_for("hed", models_dir, device)
     return _gray_map(detector(batch, resolution=resolution, safe=safe))
 
 
@@ -197,7 +236,7 @@ def depth_leres(
     thr_a: float = 0.0, thr_b: float = 0.0, boost: bool = False,
 ) -> np.ndarray:
     """LeReS depth (near = bright), gray ``B×H×W×3`` uint8; ``boost`` runs LeReS++ (needs latest_net_G.pth)."""
-    detector = load_detector("leres", "LeresDetector", models_dir, device)
+    detector = detector_for("depth_leres", models_dir, device)
     return _gray_map(detector(to_batch_uint8(images), resolution=resolution, boost=boost, thr_a=thr_a, thr_b=thr_b))
 
 
@@ -234,5 +273,5 @@ def mediapipe_face(images: Any, *, resolution: int = 512, max_faces: int = 1, mi
 
 def seg_ufade20k(images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None) -> np.ndarray:
     """UniFormer ADE20K segmentation drawn with the ADE20K palette, ``B×H×W×3`` uint8 at the input size."""
-    detector = load_detector("uniformer", "UniFormerSegmenter", models_dir, device)
+    detector = detector_for("seg_ufade20k", models_dir, device)
     return detector(to_batch_uint8(images), resolution=resolution)

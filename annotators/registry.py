@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .common import AnnotatorInputError
+from .common.image import MAX_DETECTION_SIDE, check_detection_size
+
+# Photos and a pose bundled with the pack (sources and licences in samples/README.md).
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 
 # What the primary input of an annotator is.
 INPUT_IMAGE = "image"  # a photo: B×H×W×C uint8 or float [0, 1]
@@ -35,6 +40,9 @@ class ParamSpec:
     maximum: float | None = None
     step: float | None = None
     choices: tuple[str, ...] = ()
+    # Added after the annotator's node shipped: the node lists it under its optional inputs, after
+    # the others, so workflows saved before keep their widget values in place.
+    added_later: bool = False
 
     def validate(self, value: Any) -> Any:
         """Coerce ``value`` to this parameter's type and check its range; raise AnnotatorInputError."""
@@ -147,8 +155,8 @@ def _bool(name: str, default: bool, help: str) -> ParamSpec:
     return ParamSpec(name, "bool", default, help)
 
 
-def _choice(name: str, choices: Sequence[str], default: str, help: str) -> ParamSpec:
-    return ParamSpec(name, "choice", default, help, choices=tuple(choices))
+def _choice(name: str, choices: Sequence[str], default: str, help: str, *, added_later: bool = False) -> ParamSpec:
+    return ParamSpec(name, "choice", default, help, choices=tuple(choices), added_later=added_later)
 
 
 _SPECS: tuple[AnnotatorSpec, ...] = (
@@ -226,8 +234,12 @@ _SPECS: tuple[AnnotatorSpec, ...] = (
             _float("strength", 1.0, 0.01, 100.0, "Depth relief: 1 tilts a full-range ramp across the image by 45°.", 0.01),
             _float("blur_sigma", 1.0, 0.0, 20.0, "Smooth the depth first (hides 8-bit steps)."),
             _float("background_threshold", 0.0, 0.0, 1.0, "Depth below this faces the camera (flat background).", 0.01),
-            _bool("invert_x", False, "Flip red (left/right) for models trained with the other handedness."),
-            _bool("invert_y", False, "Flip green (up/down)."),
+            _bool("invert_x", False, "Flip the left/right component, for models trained with the other handedness."),
+            _bool("invert_y", False, "Flip the up/down component (green)."),
+            _choice("convention", ("normal_bae", "normal_midas"), "normal_bae",
+                    "Channel order for the ControlNet that reads the map. normal_bae: ControlNet 1.1 normalbae "
+                    "and rendered normal maps (red = left, green = up, blue = front). normal_midas: ControlNet 1.0 "
+                    "control_sd15_normal (red = front, green = up, blue = left).", added_later=True),
         ),
         input_kind=INPUT_DEPTH,
         default_resolution=None,
@@ -460,6 +472,21 @@ def _batch_length(inputs: Any, input_kind: str) -> int:
     return 1
 
 
+MIN_RESOLUTION = 64
+MAX_RESOLUTION = MAX_DETECTION_SIDE
+
+
+def validate_resolution(value: Any) -> int:
+    """A detection resolution: 0 (detect at the input's own size) or 64..16384 pixels (short side)."""
+    number = ParamSpec("resolution", "int", 512, "", 0, MAX_RESOLUTION).validate(value)
+    if 0 < number < MIN_RESOLUTION:
+        raise AnnotatorInputError(
+            f"resolution: expected 0 (detect at the input's own size) or a value in "
+            f"[{MIN_RESOLUTION}, {MAX_RESOLUTION}], found {value!r}"
+        )
+    return number
+
+
 def run_annotator(
     name: str,
     inputs: Any,
@@ -475,7 +502,8 @@ def run_annotator(
 
     ``inputs`` is a ``B×H×W×C`` batch or one image (photos, depth maps, label maps), or POSE_KEYPOINT
     frames for ``pose_render``. ``resolution`` is the detection short side (the annotator's default
-    when None; ignored by annotators that work at the input's own size). Unknown or out-of-range
+    when None; 0 detects at the input's own size; ignored by annotators that always work at the
+    input's own size). A size whose detection image would be too large is refused before anything runs. Unknown or out-of-range
     parameters raise :class:`AnnotatorInputError`; missing weight files raise MissingWeightsError.
     ``models_dir`` (folder of weight files) and ``device`` (torch device) matter to neural annotators only.
     """
@@ -483,8 +511,13 @@ def run_annotator(
     function = spec.load()
     kwargs = spec.resolve_params(params)
     if spec.uses_resolution:
-        chosen = spec.default_resolution if resolution is None else resolution
-        kwargs["resolution"] = int(ParamSpec("resolution", "int", 512, "", 64, 16384).validate(chosen))
+        kwargs["resolution"] = validate_resolution(spec.default_resolution if resolution is None else resolution)
+        shape = getattr(inputs, "shape", None)
+        if spec.input_kind == INPUT_IMAGE and shape is not None and len(shape) in (2, 3, 4):
+            # Refuse an impossible detection size now, before weights are loaded or memory allocated.
+            height, width = shape[1:3] if len(shape) == 4 else shape[:2]
+            if height > 0 and width > 0:
+                check_detection_size(int(height), int(width), kwargs["resolution"])
     if spec.weights:
         kwargs["models_dir"] = models_dir
         kwargs["device"] = device
@@ -537,9 +570,11 @@ __all__ = [
     "ParamSpec",
     "WeightFile",
     "REGISTRY",
+    "SAMPLES_DIR",
     "annotator_names",
     "get_spec",
     "run_annotator",
+    "validate_resolution",
     "INPUT_IMAGE",
     "INPUT_DEPTH",
     "INPUT_LABELS",

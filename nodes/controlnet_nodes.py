@@ -310,7 +310,7 @@ NODE_CLASS_MAPPINGS = {
 }
 # Display names differ from the host's "Load ControlNet Model" / "Apply ControlNet" in the node search;
 # the class keys above are the saved-workflow contract and never change.
-DISPLAY_SUFFIX = " [ControlNet Pack]"
+DISPLAY_SUFFIX = " (ControlNet Pack)"  # the preprocessor nodes end the same way
 NODE_DISPLAY_NAME_MAPPINGS = {
     f"{KEY_PREFIX}LoadControlNet": "Load Control Model" + DISPLAY_SUFFIX,
     f"{KEY_PREFIX}ApplyControlNet": "Apply Control" + DISPLAY_SUFFIX,

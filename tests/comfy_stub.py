@@ -191,7 +191,19 @@ def import_preprocessor_nodes(monkeypatch, tmp_path: Path):
     (tmp_path / "temp").mkdir(exist_ok=True)
     folder_paths.get_temp_directory = lambda: str(tmp_path / "temp")
     folder_paths.get_save_image_path = lambda prefix, output_dir, width=0, height=0: (output_dir, prefix, 1, "", prefix)
-    sys.modules["comfy.model_management"].throw_exception_if_processing_interrupted = lambda: None
+    model_management = sys.modules["comfy.model_management"]
+    model_management.throw_exception_if_processing_interrupted = lambda: None
+    # The host's model manager, reduced to what the contract needs: it records every load request
+    # and moves the patcher's model to its load device, as load_models_gpu does.
+    model_management.load_requests = []
+
+    def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                        force_full_load=False):
+        model_management.load_requests.append((list(models), force_full_load))
+        for patcher in models:
+            patcher.model.to(patcher.load_device)
+
+    model_management.load_models_gpu = load_models_gpu
     progress: list[tuple[int, int]] = []
 
     class RecordingProgressBar:

@@ -7,6 +7,7 @@ same snapshot.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -60,9 +61,12 @@ def nodes(monkeypatch, tmp_path):
 def all_mappings(monkeypatch, tmp_path):
     """Every node of the pack: the ControlNet nodes and the preprocessor nodes."""
     preprocessors, _, _ = import_preprocessor_nodes(monkeypatch, tmp_path)
-    controlnet = sys.modules[preprocessors.__name__.rsplit(".", 1)[0] + ".controlnet_nodes"]
-    return ({**controlnet.NODE_CLASS_MAPPINGS, **preprocessors.NODE_CLASS_MAPPINGS},
-            {**controlnet.NODE_DISPLAY_NAME_MAPPINGS, **preprocessors.NODE_DISPLAY_NAME_MAPPINGS})
+    package = preprocessors.__name__.rsplit(".", 1)[0]
+    controlnet = sys.modules[package + ".controlnet_nodes"]
+    samples = importlib.import_module(package + ".sample_nodes")
+    return ({**controlnet.NODE_CLASS_MAPPINGS, **preprocessors.NODE_CLASS_MAPPINGS, **samples.NODE_CLASS_MAPPINGS},
+            {**controlnet.NODE_DISPLAY_NAME_MAPPINGS, **preprocessors.NODE_DISPLAY_NAME_MAPPINGS,
+             **samples.NODE_DISPLAY_NAME_MAPPINGS})
 
 
 def test_interface_matches_snapshot(all_mappings):
@@ -77,8 +81,8 @@ def test_keys_are_namespaced_and_display_names_are_told_apart_from_the_hosts(nod
     assert set(nodes.NODE_CLASS_MAPPINGS) == {"ControlNetPack_LoadControlNet", "ControlNetPack_ApplyControlNet",
                                               "ControlNetPack_MultiControlStack"}
     names = set(nodes.NODE_DISPLAY_NAME_MAPPINGS.values())
-    assert names == {"Load Control Model [ControlNet Pack]", "Apply Control [ControlNet Pack]",
-                     "Multi-Control Stack [ControlNet Pack]"}
+    assert names == {"Load Control Model (ControlNet Pack)", "Apply Control (ControlNet Pack)",
+                     "Multi-Control Stack (ControlNet Pack)"}
     # The host's own nodes are "Load ControlNet Model", "Apply ControlNet" and "Apply ControlNet (OLD)".
     assert not names & {"Load ControlNet Model", "Apply ControlNet", "Apply ControlNet (OLD)"}
 

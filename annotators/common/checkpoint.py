@@ -7,7 +7,9 @@ keys belong to another known annotator, which one it looks like.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import pickle
+import re
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -75,9 +77,8 @@ def read_state_dict(path: str | Path, *, annotator: str) -> dict[str, torch.Tens
     except Exception as exc:  # truncated zip, pickle with code, random bytes ...
         raise CheckpointMismatchError(
             f"{annotator}: cannot read weight file '{path}': expected a PyTorch state dict (.pth) or a "
-            f".safetensors file, reading failed with {type(exc).__name__}: {str(exc).splitlines()[0][:200]} "
-            "(the file may be truncated or not a weight file)"
-        ) from exc
+            f".safetensors file; {describe_load_failure(exc)}"
+        ) from None  # torch's own text advises turning the safe loader off: it must not reach the user
 
     for _ in range(2):  # nested containers, e.g. {"model": {"state_dict": ...}}
         if isinstance(state, Mapping):
@@ -97,6 +98,85 @@ def read_state_dict(path: str | Path, *, annotator: str) -> dict[str, torch.Tens
     if all(key.startswith("module.") for key in tensors):
         tensors = {key[len("module.") :]: value for key, value in tensors.items()}
     return tensors
+
+
+# Sentences of torch's error text that advise loading unsafely; never passed on.
+_UNSAFE_ADVICE = re.compile(r"weights_only|trusted source|trust the source|safe_globals|arbitrary code", re.I)
+
+
+def describe_load_failure(exc: BaseException) -> str:
+    """Why a weight file could not be read, in our words.
+
+    ``torch.load(weights_only=True)`` explains a refusal by suggesting ``weights_only=False``, which
+    would run whatever code the file holds. That advice is never repeated: the reason is restated,
+    and any other text from the error is kept only if it carries no such advice.
+    """
+    text = str(exc)
+    refused_global = re.search(r"GLOBAL ([\w.]+)", text)
+    if isinstance(exc, pickle.UnpicklingError) and refused_global:
+        return (f"it holds a Python object ({refused_global.group(1)}) that can only be loaded by running code "
+                "from the file, so it was refused and nothing was run. Use a .safetensors version of the file")
+    if isinstance(exc, pickle.UnpicklingError):
+        return ("it is not a plain PyTorch state dict: it is corrupt, not a weight file, or a pickle that needs "
+                "code to load (refused, nothing was run)")
+    if isinstance(exc, EOFError) or "central directory" in text or "zip archive" in text:
+        return "it ends early or its zip archive is damaged (the file is truncated or corrupt: download it again)"
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    kept = " ".join(part for part in re.split(r"(?<=[.!?])\s+", first) if not _UNSAFE_ADVICE.search(part))
+    detail = f" ({type(exc).__name__}: {kept[:200]})" if kept else f" ({type(exc).__name__})"
+    return f"reading failed{detail}: the file may be truncated, corrupt or not a weight file"
+
+
+def prefix_hint(found: Collection[str], expected: Collection[str]) -> str | None:
+    """A sentence naming the key prefix when ``found`` and ``expected`` differ only by leading parts.
+
+    E.g. a file saved from a wrapper module (``model0.conv1_1.weight`` for ``conv1_1.weight``), or one
+    whose keys lack a prefix the architecture has. Keys are paired by their longest common dotted
+    tail; the hint is given only if every missing key pairs with exactly one unexpected key.
+    """
+    found_set, expected_set = set(found), set(expected)
+    missing = [key for key in expected if key not in found_set]
+    unexpected = [key for key in found if key not in expected_set]
+    if not missing or len(missing) != len(unexpected):
+        return None
+    by_tail: dict[str, list[str]] = {}
+    for key in unexpected:
+        parts = key.split(".")
+        for start in range(len(parts)):
+            by_tail.setdefault(".".join(parts[start:]), []).append(key)
+    pairs: dict[str, tuple[str, str]] = {}  # found key -> (its leading part, the expected key's)
+    weak = False  # some pair shares only a one-word tail ('norm'): trusted only if every prefix is the same
+    for key in missing:
+        parts = key.split(".")
+        for start in range(len(parts)):
+            tail = ".".join(parts[start:])
+            candidates = by_tail.get(tail)
+            if candidates:
+                break
+        else:
+            return None
+        if len(candidates) != 1 or candidates[0] in pairs:
+            return None
+        weak = weak or ("." not in tail and tail not in (key, candidates[0]))
+        pairs[candidates[0]] = (candidates[0][: -len(tail)], key[: len(key) - len(tail)])
+    if len(pairs) != len(unexpected):
+        return None
+    leads = sorted(set(pairs.values()))
+    if len(leads) > 1 and weak:
+        return None
+    example_found, (found_lead, expected_lead) = next(iter(pairs.items()))
+    example = f"e.g. {example_found!r} for {expected_lead + example_found[len(found_lead):]!r}"
+    if len(leads) > 1:
+        shown = ", ".join(repr(lead) for lead, _ in leads[:_SHOWN_KEYS]) + (f", ... ({len(leads)} in all)" if len(leads) > _SHOWN_KEYS else "")
+        return (f"Only the key prefixes differ: the file's keys carry other leading parts ({shown}; {example}). "
+                "Rename the keys to the expected names (or re-save the module's weights without its wrapper).")
+    if found_lead and not expected_lead:
+        what = f"every key in the file has the extra prefix {found_lead!r}"
+    elif expected_lead and not found_lead:
+        what = f"the file's keys lack the prefix {expected_lead!r}"
+    else:
+        what = f"the file's keys start with {found_lead!r} where {expected_lead!r} is expected"
+    return f"Only the key prefix differs: {what} ({example}). Rename the keys to the expected names."
 
 
 def identify(state: Mapping[str, torch.Tensor]) -> str | None:
@@ -174,8 +254,11 @@ def check_state_dict(
         more = f" ... ({len(wrong_shapes)} in all)" if len(wrong_shapes) > _SHOWN_KEYS else ""
         problems.append(f"shapes differ: {shown}{more}")
     message = f"{annotator}: weight file '{path}' does not hold {architecture}: " + "; ".join(problems) + "."
+    hint = prefix_hint(list(state), list(expected)) if not wrong_shapes else None
     looks_like = identify(state)
-    if looks_like and looks_like not in architecture:
+    if hint:
+        message += " " + hint
+    elif looks_like and looks_like not in architecture:
         message += f" The file looks like {looks_like}."
     raise CheckpointMismatchError(message)
 

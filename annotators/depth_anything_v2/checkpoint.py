@@ -30,9 +30,13 @@ _EMBED_DIM_TO_ENCODER = {384: "vits", 768: "vitb", 1024: "vitl"}
 
 def config_from_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> DepthAnythingV2Config:
     """Pick the preset whose embedding width matches the file; the full key check comes after."""
-    pos_embed = require_tensor(
-        state, "pretrained.pos_embed", ndim=3, path=path, annotator=ANNOTATOR, architecture="a Depth Anything V2 model"
-    )
+    pos_embed = state.get("pretrained.pos_embed")
+    if pos_embed is None:  # keys under another prefix: size the model anyway, the key check names the prefix
+        pos_embed = next((value for key, value in state.items() if key.endswith(".pos_embed")), None)
+    if pos_embed is None or pos_embed.ndim != 3:
+        pos_embed = require_tensor(
+            state, "pretrained.pos_embed", ndim=3, path=path, annotator=ANNOTATOR, architecture="a Depth Anything V2 model"
+        )
     embed_dim = int(pos_embed.shape[-1])
     if embed_dim not in _EMBED_DIM_TO_ENCODER:
         raise CheckpointMismatchError(

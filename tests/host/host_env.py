@@ -103,7 +103,8 @@ class HostServer:
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json.loads(response.read())
+                body = response.read()
+                return response.status, json.loads(body) if body else {}  # /free answers with no body
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"{}")
 
@@ -172,6 +173,8 @@ def prepare_base(base: Path, weights: dict[str, Path], images: dict[str, "object
 
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# Nodes that exist only in the graph editor (notes, reroutes); the editor never sends them to /prompt.
+FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
 
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
@@ -181,7 +184,7 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) in (2, 4):  # muted or bypassed
+        if node.get("mode", 0) in (2, 4) or node["type"] in FRONTEND_ONLY:  # muted, bypassed, or a note
             continue
         info = object_info[node["type"]]
         inputs: dict = {}
