@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,6 +25,12 @@ KNOWN_SIGNATURES = {
     "depth_head.scratch.output_conv2.0.weight": "a Depth Anything (V1/V2) model",
     "input_blocks.0.0.weight": "a ControlNet / UNet checkpoint",
     "controlnet_cond_embedding.conv_in.weight": "a diffusers ControlNet",
+    # Line and edge annotators (issue 11).
+    "model4.1.weight": "a line-art generator (sk_model.pth / sk_model2.pth)",
+    "model.model.1.model.1.weight": "the anime line-art U-Net (netG.pth)",
+    "block23.conv3.weight": "the M-LSD line model (mlsd_large_512_fp32.pth)",
+    "block4_4.conv2.weight": "the PiDiNet edge model (table5_pidinet.pth)",
+    "block_cat.DWconv2.weight": "the TEED edge model (5_model.pth)",
 }
 
 _SHOWN_KEYS = 5
@@ -142,6 +149,22 @@ def expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
+def with_batchnorm_counters(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
+    """``state`` plus a zero ``num_batches_tracked`` for every batch norm the file stores without one.
+
+    The counter only matters in training; files saved before PyTorch 0.4.1 (or converted from
+    other frameworks) do not have it, and ``load_state_dict`` accepts them. Nothing else is added.
+    """
+    completed = dict(state)
+    for key in expected:
+        if key.endswith(".num_batches_tracked") and key not in completed:
+            if key[: -len("num_batches_tracked")] + "running_mean" in completed:
+                completed[key] = torch.tensor(0, dtype=torch.long)
+    return completed
+
+
 def build_and_load(
     factory: Callable[[], ModuleT],
     state: Mapping[str, torch.Tensor],
@@ -204,3 +227,17 @@ class SingleModelDetector:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    def forward_batches(
+        self, padded: np.ndarray, forward: Callable[[torch.Tensor], torch.Tensor], batch_size: int
+    ) -> np.ndarray:
+        """``forward`` over ``B×H×W×3`` uint8 frames in chunks of ``batch_size``, outputs concatenated.
+
+        Each chunk reaches ``forward`` as a ``b×3×H×W`` tensor of 0..255 values in the model's
+        dtype, on its device; what it returns comes back as float32 numpy.
+        """
+        outputs = []
+        for start in range(0, len(padded), max(1, batch_size)):
+            chunk = torch.from_numpy(np.ascontiguousarray(padded[start : start + batch_size])).to(self.device)
+            outputs.append(forward(chunk.permute(0, 3, 1, 2).to(self.dtype)).float().cpu().numpy())
+        return np.concatenate(outputs)
