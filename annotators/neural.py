@@ -1,6 +1,7 @@
 """Adapters from the registry's calling convention to the neural annotators (OpenPose, Depth Anything
-V2, HED). Their packages are imported only here and only when first run, and loaded detectors are
-cached per (detector, weights folder, device) so a batch of video frames loads weights once.
+V2, HED, line art, M-LSD, PiDiNet, TEED). Their packages are imported only here and only when first
+run, and loaded detectors are cached per (detector, weights folder, device) so a batch of video
+frames loads weights once.
 """
 from __future__ import annotations
 
@@ -101,10 +102,61 @@ def depth_anything_v2(
 
 
 def hed(
-    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None, safe: bool = False
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None, safe: bool = False,
+    scribble: bool = False,
 ) -> np.ndarray:
-    """HED soft edges as a gray ``B×H×W×3`` uint8 map at the input size."""
+    """HED soft edges as a gray ``B×H×W×3`` uint8 map at the input size (``scribble``: binary strokes)."""
     batch = to_batch_uint8(images)
     detector = load_detector("hed", "HEDDetector", models_dir, device)
+    if scribble:
+        return gray_to_rgb(detector.scribble(batch, resolution=resolution, safe=safe))
     edges = np.asarray(detector(batch, resolution=resolution, safe=safe), dtype=np.float32)
     return gray_to_rgb(np.clip(np.rint(edges * 255.0), 0, 255).astype(np.uint8))
+
+
+# Line and edge annotators (issue 11). Their detectors return B×H×W uint8 maps at the input size.
+
+
+def _line_map(module_name: str, class_name: str, images: Any, models_dir: str | None, device: Any, **options: Any) -> np.ndarray:
+    batch = to_batch_uint8(images)
+    detector = load_detector(module_name, class_name, models_dir, device)
+    return gray_to_rgb(detector(batch, **options))
+
+
+def lineart(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None, coarse: bool = False
+) -> np.ndarray:
+    """Line art, white lines on black: ``sk_model.pth`` (realistic) or ``sk_model2.pth`` (``coarse``)."""
+    detector = "LineartCoarseDetector" if coarse else "LineartDetector"
+    return _line_map("lineart", detector, images, models_dir, device, resolution=resolution)
+
+
+def lineart_anime(images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None) -> np.ndarray:
+    """Anime line art (``netG.pth``), white lines on black."""
+    return _line_map("lineart_anime", "LineartAnimeDetector", images, models_dir, device, resolution=resolution)
+
+
+def mlsd(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None,
+    score_threshold: float = 0.1, distance_threshold: float = 0.1,
+) -> np.ndarray:
+    """M-LSD straight lines, white on black."""
+    return _line_map(
+        "mlsd", "MLSDDetector", images, models_dir, device, resolution=resolution,
+        score_threshold=score_threshold, distance_threshold=distance_threshold,
+    )
+
+
+def pidinet(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None, safe: bool = False,
+    scribble: bool = False,
+) -> np.ndarray:
+    """PiDiNet soft edges (gray) or, with ``scribble``, binary strokes; white on black."""
+    return _line_map("pidinet", "PiDiNetDetector", images, models_dir, device, resolution=resolution, safe=safe, scribble=scribble)
+
+
+def teed(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None, safe_steps: int = 2
+) -> np.ndarray:
+    """TEED soft edges, white on black."""
+    return _line_map("teed", "TEEDDetector", images, models_dir, device, resolution=resolution, safe_steps=safe_steps)

@@ -202,7 +202,7 @@ def _dedicated_node(spec: AnnotatorSpec) -> type:
 NODE_CLASS_MAPPINGS: dict[str, type] = {f"{KEY_PREFIX}Preprocessor": Preprocessor}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {f"{KEY_PREFIX}Preprocessor": "Preprocessor"}
 for _spec in REGISTRY.values():
-    if _spec.params:
+    if _spec.params and _spec.alias_of is None:  # an alias (controlnet_aux's id) shares its base's node
         _key = f"{KEY_PREFIX}{_spec.name.title().replace('_', '')}Preprocessor"
         NODE_CLASS_MAPPINGS[_key] = _dedicated_node(_spec)
         NODE_DISPLAY_NAME_MAPPINGS[_key] = f"{_spec.display_name} Preprocessor" if _spec.input_kind != INPUT_POSE else _spec.display_name
