@@ -233,11 +233,14 @@ class SingleModelDetector:
     ) -> np.ndarray:
         """``forward`` over ``B×H×W×3`` uint8 frames in chunks of ``batch_size``, outputs concatenated.
 
-        Each chunk reaches ``forward`` as a ``b×3×H×W`` tensor of 0..255 values in the model's
-        dtype, on its device; what it returns comes back as float32 numpy.
+        Each chunk reaches ``forward`` as a contiguous ``b×3×H×W`` tensor of 0..255 values in the
+        model's dtype, on its device; what it returns comes back as float32 numpy. (Contiguous, not
+        channels-last: the reference annotators feed that layout, and convolutions pick their
+        algorithm, hence their rounding, by it.)
         """
         outputs = []
         for start in range(0, len(padded), max(1, batch_size)):
             chunk = torch.from_numpy(np.ascontiguousarray(padded[start : start + batch_size])).to(self.device)
-            outputs.append(forward(chunk.permute(0, 3, 1, 2).to(self.dtype)).float().cpu().numpy())
+            rgb = chunk.permute(0, 3, 1, 2).to(self.dtype).contiguous()
+            outputs.append(forward(rgb).float().cpu().numpy())
         return np.concatenate(outputs)
