@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
+from annotators import run_annotator
 from annotators.hed import HEDDetector, HEDModel
 from annotators.lineart import LineartDetector, LineartGenerator, load_lineart_model
 from annotators.lineart_anime import AnimeLineartUNet, LineartAnimeDetector, load_lineart_anime_model
@@ -214,3 +215,30 @@ def test_hed_scribble(aux, tmp_path, safe):
     found = detector.scribble(photo(), resolution=SIZE, safe=safe)[0]
     assert np.array_equal(found, expected[..., 0])
     assert 0.05 < np.count_nonzero(found) / found.size < 0.95
+
+
+@pytest.mark.parametrize("alias", ["softedge_hed", "softedge_hedsafe"])
+def test_hed_soft_edges_under_the_aliases(aux, tmp_path, alias):
+    """The existing ``hed`` annotator, reached by controlnet_aux's ids. It rounds to 8 bits where
+    controlnet_aux truncates, and takes the sigmoid in float32 (controlnet_aux: float64), so maps
+    may differ by one level; safe maps may move a pixel across a level where p sits on 1/3 or 2/3."""
+    reference = aux("hed")
+    torch.manual_seed(0)
+    theirs = reference.ControlNetHED_Apache2().float().eval()
+    ours = HEDModel().eval()
+    ours.load_state_dict(theirs.state_dict())
+    with torch.no_grad():
+        logits = ours.mean_logit(photo_tensor())
+    standardise([getattr(theirs, f"block{index}").projection for index in range(1, 6)], logits, 2.0)
+    torch.save(theirs.state_dict(), tmp_path / "ControlNetHED.pth")
+    safe = alias.endswith("safe")
+    expected = reference.HEDdetector(theirs)(
+        photo(), detect_resolution=SIZE, image_resolution=SIZE, safe=safe, scribble=False, output_type="np"
+    )[..., 0].astype(int)
+    found = run_annotator(alias, photo(), resolution=SIZE, models_dir=str(tmp_path)).images[0, ..., 0].astype(int)
+    if safe:
+        assert set(np.unique(found)) == {0, 128, 255} and set(np.unique(expected)) == {0, 127, 255}
+        assert np.mean(np.abs(found - expected) > 1) < 1e-4
+    else:
+        assert np.abs(found - expected).max() <= 1
+        spread(found, 100)

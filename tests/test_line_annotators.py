@@ -438,3 +438,22 @@ def test_bad_images_are_rejected():
         detector(np.zeros((0, 10, 3), np.uint8))
     with pytest.raises(AnnotatorInputError):
         detector(np.zeros((10, 10, 2), np.uint8))
+
+
+def test_cli_runs_new_ids_and_refuses_parameters_an_alias_fixes(published_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from annotators.__main__ import main as cli_main
+
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    assert cli_main(["scribble_hed", str(tmp_path / "in.png"), str(tmp_path / "out.png"), "--models-dir",
+                     str(published_dir), "--resolution", "64", "--safe", "true"]) == 0
+    strokes = np.asarray(Image.open(tmp_path / "out.png"))
+    assert strokes.shape == (40, 52, 3) and set(np.unique(strokes)) <= {0, 255}
+    assert cli_main(["mlsd", str(tmp_path / "in.png"), str(tmp_path / "lines.png"), "--models-dir", str(published_dir),
+                     "--resolution", "64", "--score-threshold", "0.5"]) == 0
+    with pytest.raises(SystemExit):  # argparse: the alias has no --safe (its id fixes it)
+        cli_main(["softedge_pidsafe", str(tmp_path / "in.png"), "--safe", "false"])
+    assert "unrecognized arguments: --safe" in capsys.readouterr().err
+    assert cli_main(["lineart_anime", str(tmp_path / "in.png"), str(tmp_path / "x.png"), "--models-dir", str(tmp_path)]) == 1
+    assert "netG.pth" in capsys.readouterr().err
