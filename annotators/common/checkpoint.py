@@ -183,6 +183,19 @@ def build_and_load(
     return model.eval()
 
 
+def load_checked(
+    path: str | Path, factory: Callable[[], ModuleT], *, annotator: str, architecture: str
+) -> ModuleT:
+    """Read ``path``, check that it holds exactly ``factory()``'s keys and shapes (batch-norm
+    counters optional), and load it: float32, eval mode, CPU. Errors name the file and what it
+    looks like (:func:`check_state_dict`)."""
+    with torch.device("meta"):
+        expected = expected_shapes(factory())
+    state = with_batchnorm_counters(read_state_dict(path, annotator=annotator), expected)
+    check_state_dict(state, expected, path=path, annotator=annotator, architecture=architecture)
+    return build_and_load(factory, state)
+
+
 DetectorT = TypeVar("DetectorT", bound="SingleModelDetector")
 
 

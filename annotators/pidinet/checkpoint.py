@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from ..common.checkpoint import build_and_load, check_state_dict, expected_shapes, read_state_dict
+from ..common.checkpoint import load_checked
 from .model import PiDiNetConfig, PiDiNetModel
 
 ANNOTATOR = "PiDiNet"
@@ -20,9 +18,6 @@ WEIGHT_SOURCE = "https://huggingface.co/lllyasviel/Annotators (table5_pidinet.pt
 
 def load_pidinet_model(path: str | Path, config: PiDiNetConfig | None = None) -> PiDiNetModel:
     """Read, validate and load ``path`` into a :class:`PiDiNetModel` (float32, eval mode, CPU)."""
-    config = config or PiDiNetConfig()
-    state = read_state_dict(path, annotator=ANNOTATOR)
-    with torch.device("meta"):
-        expected = expected_shapes(PiDiNetModel(config))
-    check_state_dict(state, expected, path=path, annotator=ANNOTATOR, architecture="the PiDiNet edge model (table5_pidinet.pth)")
-    return build_and_load(lambda: PiDiNetModel(config), state)
+    return load_checked(
+        path, lambda: PiDiNetModel(config), annotator=ANNOTATOR, architecture="the PiDiNet edge model (table5_pidinet.pth)"
+    )
