@@ -426,10 +426,11 @@ def test_batches_give_the_same_maps_as_single_frames(name):
     torch.manual_seed(0)
     detector = TINY_REAL_DETECTORS[name]()
     frames = np.random.default_rng(2).integers(0, 256, (3, 41, 59, 3), dtype=np.uint8)
-    batched = detector(frames, resolution=64)
+    batched = detector(frames, resolution=64, batch_size=3)  # one forward pass for the three frames
     assert batched.shape == (3, 41, 59) and batched.dtype == np.uint8
     assert np.array_equal(batched[1:2], detector(frames[1], resolution=64))
     assert np.array_equal(batched, detector(frames, resolution=64, batch_size=2))
+    assert np.array_equal(batched, detector(frames, resolution=64))  # on the CPU: frame by frame
 
 
 def test_bad_images_are_rejected():

@@ -12,9 +12,6 @@ from ..common.checkpoint import SingleModelDetector
 from .checkpoint import ANNOTATOR, WEIGHT_FILE, WEIGHT_SOURCE, load_hed_model
 from .model import HEDModel
 
-# Feature maps of the first block are 64×H×W floats; 8 frames at 512² keep a forward under ~1 GiB.
-DEFAULT_BATCH_SIZE = 8
-
 
 class HEDDetector(SingleModelDetector):
     """``HEDDetector.from_folder(models_dir)(images)`` → B×H×W float32 edge probabilities in [0, 1]."""
@@ -23,6 +20,8 @@ class HEDDetector(SingleModelDetector):
     annotator = ANNOTATOR
     weight_source = WEIGHT_SOURCE
     model: HEDModel
+    # Feature maps of the first block are 64×H×W floats; 8 frames at 512² keep a forward under ~1 GiB.
+    accelerator_batch_size = 8
 
     @classmethod
     def load_model(cls, path: str | Path) -> HEDModel:
@@ -30,7 +29,7 @@ class HEDDetector(SingleModelDetector):
 
     @torch.inference_mode()
     def __call__(
-        self, images: Any, *, resolution: int = 512, safe: bool = False, batch_size: int = DEFAULT_BATCH_SIZE
+        self, images: Any, *, resolution: int = 512, safe: bool = False, batch_size: int | None = None
     ) -> np.ndarray:
         """Edge map per image. ``images``: B×H×W×C (uint8 or float [0, 1]; RGB, RGBA or gray) or one image.
 
@@ -50,7 +49,7 @@ class HEDDetector(SingleModelDetector):
 
     @torch.inference_mode()
     def scribble(
-        self, images: Any, *, resolution: int = 512, safe: bool = False, batch_size: int = DEFAULT_BATCH_SIZE
+        self, images: Any, *, resolution: int = 512, safe: bool = False, batch_size: int | None = None
     ) -> np.ndarray:
         """Fake scribble (ControlNet 1.1 ``scribble_hed``): ``B×H×W`` uint8, white strokes (255) on black.
 

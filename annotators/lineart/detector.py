@@ -18,9 +18,6 @@ from ..common.checkpoint import SingleModelDetector
 from .checkpoint import ANNOTATOR, COARSE_WEIGHT_FILE, WEIGHT_FILE, WEIGHT_SOURCE, load_lineart_model
 from .model import LineartGenerator
 
-# The stem and head work on 64×H×W floats: 4 frames at 512² keep a forward near 1 GiB.
-DEFAULT_BATCH_SIZE = 4
-
 
 class LineartDetector(SingleModelDetector):
     """``LineartDetector.from_folder(models_dir)(images)`` → B×H×W uint8, white lines on black."""
@@ -29,13 +26,15 @@ class LineartDetector(SingleModelDetector):
     annotator = ANNOTATOR + " (realistic)"
     weight_source = WEIGHT_SOURCE + f" ({WEIGHT_FILE})"
     model: LineartGenerator
+    # The stem and head work on 64×H×W floats: 4 frames at 512² keep a forward near 1 GiB.
+    accelerator_batch_size = 4
 
     @classmethod
     def load_model(cls, path: str | Path) -> LineartGenerator:
         return load_lineart_model(path)
 
     @torch.inference_mode()
-    def __call__(self, images: Any, *, resolution: int = 512, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    def __call__(self, images: Any, *, resolution: int = 512, batch_size: int | None = None) -> np.ndarray:
         """Line map per image; ``images`` is B×H×W×C (uint8 or float [0, 1]; RGB, RGBA or gray)."""
         batch = to_batch_uint8(images)
         padded, fit = fit_to_resolution(batch, resolution, multiple=64)

@@ -22,9 +22,6 @@ from ..common.checkpoint import SingleModelDetector
 from .checkpoint import ANNOTATOR, WEIGHT_FILE, WEIGHT_SOURCE, load_lineart_anime_model
 from .model import AnimeLineartUNet
 
-# The first and last levels hold 64-128 channels at 1/2 resolution; 4 frames at 512² stay under 1 GiB.
-DEFAULT_BATCH_SIZE = 4
-
 
 class LineartAnimeDetector(SingleModelDetector):
     """``LineartAnimeDetector.from_folder(models_dir)(images)`` → B×H×W uint8, white lines on black."""
@@ -33,6 +30,8 @@ class LineartAnimeDetector(SingleModelDetector):
     annotator = ANNOTATOR
     weight_source = WEIGHT_SOURCE
     model: AnimeLineartUNet
+    # The first and last levels hold 64-128 channels at 1/2 resolution; 4 frames at 512² stay under 1 GiB.
+    accelerator_batch_size = 4
 
     @classmethod
     def load_model(cls, path: str | Path) -> AnimeLineartUNet:
@@ -42,7 +41,7 @@ class LineartAnimeDetector(SingleModelDetector):
         return self.model(rgb_0_255 / 127.5 - 1.0)[:, 0] * 127.5 + 127.5
 
     @torch.inference_mode()
-    def __call__(self, images: Any, *, resolution: int = 512, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    def __call__(self, images: Any, *, resolution: int = 512, batch_size: int | None = None) -> np.ndarray:
         """Line map per image; ``images`` is B×H×W×C (uint8 or float [0, 1]; RGB, RGBA or gray)."""
         batch = to_batch_uint8(images)
         padded, fit = fit_to_resolution(batch, resolution, multiple=self.model.config.multiple)

@@ -21,8 +21,6 @@ from .checkpoint import ANNOTATOR, WEIGHT_FILE, WEIGHT_SOURCE, load_mlsd_model
 from .decode import decode_segments
 from .model import MLSDModel
 
-DEFAULT_BATCH_SIZE = 8
-
 
 def draw_segments_truncated(segments: np.ndarray, height: int, width: int) -> np.ndarray:
     """Segments drawn white (255) on a black ``H×W`` uint8 canvas, 1 px, end points truncated toward zero."""
@@ -51,7 +49,7 @@ class MLSDDetector(SingleModelDetector):
     @torch.inference_mode()
     def __call__(
         self, images: Any, *, resolution: int = 512, score_threshold: float = 0.1, distance_threshold: float = 0.1,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
     ) -> np.ndarray:
         """Line map per image; ``images`` is B×H×W×C (uint8 or float [0, 1]; RGB, RGBA or gray)."""
         batch = to_batch_uint8(images)

@@ -20,9 +20,6 @@ from ..common.checkpoint import SingleModelDetector
 from .checkpoint import ANNOTATOR, WEIGHT_FILE, WEIGHT_SOURCE, load_pidinet_model
 from .model import PiDiNetModel
 
-# Stage 1 keeps 60 channels at full resolution: 8 frames at 512² stay near 1 GiB.
-DEFAULT_BATCH_SIZE = 8
-
 
 class PiDiNetDetector(SingleModelDetector):
     """``PiDiNetDetector.from_folder(models_dir)(images)`` → B×H×W uint8 edges (white on black)."""
@@ -31,6 +28,8 @@ class PiDiNetDetector(SingleModelDetector):
     annotator = ANNOTATOR
     weight_source = WEIGHT_SOURCE
     model: PiDiNetModel
+    # Stage 1 keeps 60 channels at full resolution: 8 frames at 512² stay near 1 GiB.
+    accelerator_batch_size = 8
 
     @classmethod
     def load_model(cls, path: str | Path) -> PiDiNetModel:
@@ -42,7 +41,7 @@ class PiDiNetDetector(SingleModelDetector):
     @torch.inference_mode()
     def __call__(
         self, images: Any, *, resolution: int = 512, safe: bool = False, scribble: bool = False,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
     ) -> np.ndarray:
         """Edge map per image; ``images`` is B×H×W×C (uint8 or float [0, 1]; RGB, RGBA or gray).
 

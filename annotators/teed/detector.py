@@ -17,8 +17,6 @@ from ..common.checkpoint import SingleModelDetector
 from .checkpoint import ANNOTATOR, WEIGHT_FILE, WEIGHT_SOURCE, load_teed_model
 from .model import TEEDModel
 
-DEFAULT_BATCH_SIZE = 8
-
 
 class TEEDDetector(SingleModelDetector):
     """``TEEDDetector.from_folder(models_dir)(images)`` → B×H×W uint8 edges (white on black)."""
@@ -34,7 +32,7 @@ class TEEDDetector(SingleModelDetector):
 
     @torch.inference_mode()
     def __call__(
-        self, images: Any, *, resolution: int = 512, safe_steps: int = 2, batch_size: int = DEFAULT_BATCH_SIZE
+        self, images: Any, *, resolution: int = 512, safe_steps: int = 2, batch_size: int | None = None
     ) -> np.ndarray:
         """Edge map per image; ``images`` is B×H×W×C (uint8 or float [0, 1]; RGB, RGBA or gray).
 
