@@ -105,7 +105,7 @@ def main() -> None:
 
     def report(name: str, batched: Callable[[], object], naive: Callable[[], object], repeats: int) -> None:
         fast, slow = compare(batched, naive, args.batch, repeats)
-        print(f"{name:<16}{fast:>12.1f}{slow:>12.1f}{fast / slow:>9.2f}×", flush=True)
+        print(f"{name:<16}{fast:>12.3g}{slow:>12.3g}{fast / slow:>9.2f}×", flush=True)
 
     resolution = args.size
     chosen = set(args.only.split(","))
