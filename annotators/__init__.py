@@ -3,7 +3,8 @@
 Every annotator takes a batch (``B×H×W×C``, uint8 or float in [0, 1]) or one image and returns
 maps at the input's size, aligned pixel for pixel. Run any of them by name with
 :func:`run_annotator` (parameters, defaults and ranges in :data:`REGISTRY`), or call the functions.
-The neural annotators (OpenPose, DWPose, MediaPipe face, UniFormer, Depth Anything V2, HED) are
+The neural annotators (OpenPose, DWPose, MediaPipe face, UniFormer, Depth Anything V2, HED, line art,
+M-LSD, PiDiNet, TEED, MiDaS, ZoeDepth, LeReS, NormalBAE) are
 imported only when used.
 """
 from __future__ import annotations
@@ -42,6 +43,12 @@ _LAZY_NEURAL = {
     "DWPoseDetector": "dwpose",
     "MediapipeFaceDetector": "mediapipe_face",
     "UniFormerSegmenter": "uniformer",
+    "LineartDetector": "lineart",
+    "LineartCoarseDetector": "lineart",
+    "LineartAnimeDetector": "lineart_anime",
+    "MLSDDetector": "mlsd",
+    "PiDiNetDetector": "pidinet",
+    "TEEDDetector": "teed",
 }
 
 

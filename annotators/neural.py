@@ -1,5 +1,6 @@
 """Adapters from the registry's calling convention to the neural annotators (OpenPose, Depth Anything
-V2, HED, MiDaS, ZoeDepth, NormalBAE, LeReS). Their packages are imported only here and only when first run, and loaded detectors are
+V2, HED, MiDaS, ZoeDepth, NormalBAE, LeReS, DWPose, MediaPipe face, UniFormer, line art, M-LSD, PiDiNet,
+TEED). Their packages are imported only here and only when first run, and loaded detectors are
 cached per (detector, weights folder, device) so a batch of video frames loads weights once.
 
 A detector runs wherever its torch modules are. A caller that manages device memory itself (the
@@ -69,6 +70,14 @@ DETECTORS: dict[str, tuple[str, str, str | None]] = {
     "depth_leres": ("leres", "LeresDetector", None),
     "depth_leres++": ("leres", "LeresDetector", None),
     "seg_ufade20k": ("uniformer", "UniFormerSegmenter", None),
+    "scribble_hed": ("hed", "HEDDetector", None),
+    "lineart_realistic": ("lineart", "LineartDetector", None),
+    "lineart_coarse": ("lineart", "LineartCoarseDetector", None),
+    "lineart_anime": ("lineart_anime", "LineartAnimeDetector", None),
+    "mlsd": ("mlsd", "MLSDDetector", None),
+    "softedge_pidinet": ("pidinet", "PiDiNetDetector", None),
+    "scribble_pidinet": ("pidinet", "PiDiNetDetector", None),
+    "teed": ("teed", "TEEDDetector", None),
 }
 
 
@@ -223,11 +232,14 @@ def normal_bae(images: Any, *, resolution: int = 512, models_dir: str | None = N
 
 
 def hed(
-    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None, safe: bool = False
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None, safe: bool = False,
+    scribble: bool = False,
 ) -> np.ndarray:
-    """HED soft edges as a gray ``B×H×W×3`` uint8 map at the input size."""
+    """HED soft edges as a gray ``B×H×W×3`` uint8 map at the input size (``scribble``: binary strokes)."""
     batch = to_batch_uint8(images)
     detector = detector_for("hed", models_dir, device)
+    if scribble:
+        return gray_to_rgb(detector.scribble(batch, resolution=resolution, safe=safe))
     return _gray_map(detector(batch, resolution=resolution, safe=safe))
 
 
@@ -275,3 +287,51 @@ def seg_ufade20k(images: Any, *, resolution: int = 512, models_dir: str | None =
     """UniFormer ADE20K segmentation drawn with the ADE20K palette, ``B×H×W×3`` uint8 at the input size."""
     detector = detector_for("seg_ufade20k", models_dir, device)
     return detector(to_batch_uint8(images), resolution=resolution)
+
+
+# Line and edge annotators (issue 11). Their detectors return B×H×W uint8 maps at the input size.
+
+
+def _line_map(annotator: str, images: Any, models_dir: str | None, device: Any, **options: Any) -> np.ndarray:
+    batch = to_batch_uint8(images)
+    return gray_to_rgb(detector_for(annotator, models_dir, device)(batch, **options))
+
+
+def lineart(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None, coarse: bool = False
+) -> np.ndarray:
+    """Line art, white lines on black: ``sk_model.pth`` (realistic) or ``sk_model2.pth`` (``coarse``)."""
+    return _line_map("lineart_coarse" if coarse else "lineart_realistic", images, models_dir, device,
+                     resolution=resolution)
+
+
+def lineart_anime(images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None) -> np.ndarray:
+    """Anime line art (``netG.pth``), white lines on black."""
+    return _line_map("lineart_anime", images, models_dir, device, resolution=resolution)
+
+
+def mlsd(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None,
+    score_threshold: float = 0.1, distance_threshold: float = 0.1,
+) -> np.ndarray:
+    """M-LSD straight lines, white on black."""
+    return _line_map(
+        "mlsd", images, models_dir, device, resolution=resolution,
+        score_threshold=score_threshold, distance_threshold=distance_threshold,
+    )
+
+
+def pidinet(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None, safe: bool = False,
+    scribble: bool = False,
+) -> np.ndarray:
+    """PiDiNet soft edges (gray) or, with ``scribble``, binary strokes; white on black."""
+    return _line_map("softedge_pidinet", images, models_dir, device, resolution=resolution, safe=safe,
+                     scribble=scribble)
+
+
+def teed(
+    images: Any, *, resolution: int = 512, models_dir: str | None = None, device: Any = None, safe_steps: int = 2
+) -> np.ndarray:
+    """TEED soft edges, white on black."""
+    return _line_map("teed", images, models_dir, device, resolution=resolution, safe_steps=safe_steps)

@@ -7,7 +7,7 @@ table never imports the neural models.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -101,6 +101,8 @@ class AnnotatorSpec:
     sample: str = "astronaut.png"  # bundled sample the CLI uses when no input is given
     requires: tuple[str, ...] = ()  # optional Python packages only this annotator needs
     batch_chunk: int = 16  # frames per call: bounds memory and paces the progress bar
+    preset: tuple[tuple[str, Any], ...] = ()  # keyword arguments this id fixes (e.g. scribble=True); not settable
+    alias_of: str | None = None  # the id this one is another name for (it shares that id's node)
 
     @property
     def uses_resolution(self) -> bool:
@@ -158,6 +160,9 @@ def _bool(name: str, default: bool, help: str) -> ParamSpec:
 def _choice(name: str, choices: Sequence[str], default: str, help: str, *, added_later: bool = False) -> ParamSpec:
     return ParamSpec(name, "choice", default, help, choices=tuple(choices), added_later=added_later)
 
+
+_LLLYASVIEL = "https://huggingface.co/lllyasviel/Annotators"
+_SAFE_EDGES = _bool("safe", False, "Quantise the edges to three levels ('safe' mode: faint edges that leak detail are dropped).")
 
 _SPECS: tuple[AnnotatorSpec, ...] = (
     AnnotatorSpec(
@@ -442,9 +447,97 @@ _SPECS: tuple[AnnotatorSpec, ...] = (
         batch_chunk=1,
     ),
     # --- end of depth and normal networks ----------------------------------------------------------
+    # Line and edge networks, under controlnet_aux's processor ids (issue 11).
+    AnnotatorSpec(
+        "lineart_realistic", "Line art (realistic)", "Line art from photos, white lines on black (ControlNet 1.1 lineart).",
+        "neural:lineart",
+        weights=(WeightFile("sk_model.pth", _LLLYASVIEL),),
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "lineart_coarse", "Line art (coarse)", "Bolder, simpler line art, white lines on black (ControlNet 1.1 lineart, coarse).",
+        "neural:lineart",
+        preset=(("coarse", True),),
+        weights=(WeightFile("sk_model2.pth", _LLLYASVIEL),),
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "lineart_anime", "Line art (anime)", "Anime-style line art, white lines on black (ControlNet 1.1 lineart_anime).",
+        "neural:lineart_anime",
+        weights=(WeightFile("netG.pth", _LLLYASVIEL),),
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "mlsd", "M-LSD lines", "Straight lines from the M-LSD network, white on black (ControlNet 1.1 mlsd).",
+        "neural:mlsd",
+        (
+            _float("score_threshold", 0.1, 0.0, 1.0, "Confidence (0-1) a line centre needs to become a segment.", 0.01),
+            _float("distance_threshold", 0.1, 0.0, 512.0,
+                   "Drop segments not longer than this (pixels at half the detection resolution).", 0.1),
+        ),
+        weights=(WeightFile("mlsd_large_512_fp32.pth", _LLLYASVIEL),),
+        sample="coffee.png",
+        batch_chunk=8,
+    ),
+    AnnotatorSpec(
+        "softedge_pidinet", "PiDiNet soft edges", "Soft edges from PiDiNet, gray (ControlNet 1.1 softedge).",
+        "neural:pidinet",
+        (_SAFE_EDGES,),
+        weights=(WeightFile("table5_pidinet.pth", _LLLYASVIEL),),
+        batch_chunk=8,
+    ),
+    AnnotatorSpec(
+        "scribble_pidinet", "PiDiNet scribble", "Binary scribble strokes from PiDiNet edges (ControlNet 1.1 scribble).",
+        "neural:pidinet",
+        (_SAFE_EDGES,),
+        preset=(("scribble", True),),
+        weights=(WeightFile("table5_pidinet.pth", _LLLYASVIEL),),
+        batch_chunk=8,
+    ),
+    AnnotatorSpec(
+        "scribble_hed", "HED scribble", "Binary scribble strokes from HED edges (ControlNet 1.1 scribble, 'fake scribble').",
+        "neural:hed",
+        (_SAFE_EDGES,),
+        preset=(("scribble", True),),
+        weights=(WeightFile("ControlNetHED.pth", _LLLYASVIEL),),
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "teed", "TEED soft edges", "Soft edges from the tiny TEED network, white on black.",
+        "neural:teed",
+        (_int("safe_steps", 2, 0, 10, "Quantise to this many + 1 gray levels (0 = keep every level)."),),
+        weights=(WeightFile("5_model.pth", "https://huggingface.co/fal-ai/teed"),),
+        batch_chunk=8,
+    ),
 )
 
+# controlnet_aux processor ids that are another annotator with some parameters fixed.
+_ALIASES: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("softedge_hed", "hed", {}),
+    ("softedge_hedsafe", "hed", {"safe": True}),
+    ("scribble_hedsafe", "scribble_hed", {"safe": True}),
+    ("softedge_pidsafe", "softedge_pidinet", {"safe": True}),
+    ("scribble_pidsafe", "scribble_pidinet", {"safe": True}),
+)
+
+
+def _alias(name: str, base: AnnotatorSpec, fixed: dict[str, Any]) -> AnnotatorSpec:
+    """``name`` runs ``base`` with the parameters in ``fixed`` set (and no longer settable)."""
+    fixed = {key: base.param(key).validate(value) for key, value in fixed.items()}
+    settings = "".join(f", {key}={value}" for key, value in fixed.items())
+    return replace(
+        base,
+        name=name,
+        display_name=base.display_name + "".join(f" ({key})" for key in fixed),
+        description=f"Same as {base.name}{settings} (controlnet_aux's id).",
+        params=tuple(param for param in base.params if param.name not in fixed),
+        preset=base.preset + tuple(fixed.items()),
+        alias_of=base.name,
+    )
+
+
 REGISTRY: dict[str, AnnotatorSpec] = {spec.name: spec for spec in _SPECS}
+REGISTRY.update({name: _alias(name, REGISTRY[base], fixed) for name, base, fixed in _ALIASES})
 
 
 def annotator_names() -> list[str]:
@@ -509,7 +602,7 @@ def run_annotator(
     """
     spec = get_spec(name)
     function = spec.load()
-    kwargs = spec.resolve_params(params)
+    kwargs = {**dict(spec.preset), **spec.resolve_params(params)}
     if spec.uses_resolution:
         kwargs["resolution"] = validate_resolution(spec.default_resolution if resolution is None else resolution)
         shape = getattr(inputs, "shape", None)

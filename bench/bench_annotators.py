@@ -1,13 +1,14 @@
 """Annotator throughput: a whole batch in one call vs a naive one-image-at-a-time loop.
 
-    python -m bench.bench_annotators [--size 512] [--batch 16] [--device cpu|cuda] [--repeats 3]
+    python -m bench.bench_annotators [--size 512] [--batch 16] [--device cpu|cuda] [--repeats 3] [--threads N] [--only a,b]
 
 (from the repository root, so `annotators` is importable).
 
-Prints frames per second for canny, lines, pose render and depth (Depth Anything V2 small with
-random weights of the published architecture: speed does not depend on the weight values); the
-depth/normal networks (MiDaS, ZoeDepth, NormalBAE, Depth Anything V2 base/large, LeReS) run the same way
-with ``--only midas,zoe,normalbae,dav2b,dav2l,leres``.
+Prints frames per second for canny, lines, pose render, depth (Depth Anything V2 small) and the line
+and edge networks (line art, anime line art, M-LSD, PiDiNet soft edge and scribble, TEED, HED
+scribble), the networks with random weights of the published architectures: speed does not
+depend on the weight values. The depth/normal networks (MiDaS, ZoeDepth, NormalBAE, Depth
+Anything V2 base/large, LeReS) run the same way with ``--only midas,zoe,normalbae,dav2b,dav2l,leres``.
 The pose/face annotators: openpose_face (body + face networks, random weights, one
 stand-in person per frame so the face network runs), dwpose (the published ONNX files from
 ``--models-dir`` when there, else tiny stand-in ONNX models: pre/post-processing only) and
@@ -98,17 +99,24 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cpu", help="torch device for depth (cpu, cuda)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", default="canny,lines,pose,depth,openpose_face,dwpose,mediapipe_face,seg_ufade20k",
+    parser.add_argument("--only", default=",".join(["canny", "lines", "pose", "depth", *LINE_NETWORKS, "openpose_face",
+                                                   "dwpose", "mediapipe_face", "seg_ufade20k"]),
                         help="comma-separated subset to run; depth/normal networks: " + ",".join(DEPTH_NETWORKS))
     parser.add_argument("--models-dir", default=None, help="folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (dwpose)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0: torch's default); 1 is steadier on a shared machine")
     args = parser.parse_args()
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
     batch = video_frames(args.size, args.batch)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     print(f"annotator throughput, {args.size}×{args.size}, batch {args.batch}, "
-          f"{os.cpu_count()} CPU cores, torch {torch.__version__}, device {args.device} ({device_name})")
+          f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+          f"device {args.device} ({device_name})")
     print(f"{'annotator':<16}{'batched fps':>12}{'naive fps':>12}{'speed-up':>10}")
 
     def report(name: str, batched: Callable[[], object], naive: Callable[[], object], repeats: int,
@@ -142,6 +150,7 @@ def main() -> None:
         bench_mediapipe_face(args, batch, report)
     if "seg_ufade20k" in chosen:
         bench_uniformer(args, batch, report)
+    bench_line_networks(args, batch, report, chosen)
 
 
 def bench_pose_render(args: argparse.Namespace, report: Callable) -> None:
@@ -298,6 +307,45 @@ def bench_uniformer(args: argparse.Namespace, batch: np.ndarray, report: Callabl
     repeats = max(1, args.repeats if args.device != "cpu" else 1)  # minutes per pass on a small CPU
     report("seg_ufade20k", lambda: segmenter(batch, resolution=args.size),
            lambda: [segmenter(frame[None], resolution=args.size) for frame in batch], repeats)
+
+def _line_network(name: str):
+    """A random-weight detector of the published shape and the options it runs with."""
+    if name == "lineart":
+        from annotators.lineart import LineartDetector, LineartGenerator
+        return LineartDetector(LineartGenerator().eval()), {}
+    if name == "lineart_anime":
+        from annotators.lineart_anime import AnimeLineartUNet, LineartAnimeDetector
+        return LineartAnimeDetector(AnimeLineartUNet().eval()), {}
+    if name == "mlsd":
+        from annotators.mlsd import MLSDDetector, MLSDModel
+        return MLSDDetector(MLSDModel().eval()), {}
+    if name in ("pidinet", "pidinet_scribble"):
+        from annotators.pidinet import PiDiNetDetector, PiDiNetModel
+        return PiDiNetDetector(PiDiNetModel().eval()), {"scribble": name == "pidinet_scribble"}
+    if name == "teed":
+        from annotators.teed import TEEDDetector, TEEDModel
+        return TEEDDetector(TEEDModel().eval()), {}
+    from annotators.hed import HEDDetector, HEDModel
+    return HEDDetector(HEDModel().eval()), {}
+
+
+# Line and edge networks (random weights of the published shapes; speed does not depend on the values).
+LINE_NETWORKS = ("lineart", "lineart_anime", "mlsd", "pidinet", "pidinet_scribble", "teed", "hed_scribble")
+
+
+def bench_line_networks(args: argparse.Namespace, batch: np.ndarray, report: Callable, chosen: set[str]) -> None:
+    import torch
+
+    for name in LINE_NETWORKS:
+        if name not in chosen:
+            continue
+        torch.manual_seed(0)
+        detector, options = _line_network(name)
+        detector.to(args.device)
+        run = detector.scribble if name == "hed_scribble" else detector
+        repeats = max(1, args.repeats if args.device != "cpu" else 1)  # seconds per frame on a small CPU
+        report(name, lambda: run(batch, resolution=args.size, **options),
+               lambda: [run(frame[None], resolution=args.size, **options) for frame in batch], repeats)
 
 
 if __name__ == "__main__":

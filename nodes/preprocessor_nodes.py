@@ -107,7 +107,7 @@ def load_managed_detector(spec: AnnotatorSpec, folder: str) -> Any:
     move to the GPU for this run, and are offloaded by the host when another model needs the room.
     The detector then runs wherever its modules are.
     """
-    detector = neural.detector_for(spec.name, folder)
+    detector = neural.detector_for(spec.alias_of or spec.name, folder)  # an alias runs its base's detector
     patcher = _PATCHERS.get(detector)
     if patcher is None:
         modules = AnnotatorModels(neural.torch_modules(detector))
@@ -159,7 +159,7 @@ def run_node(spec: AnnotatorSpec, primary: Any, *, resolution: int | None, mask:
     extra: dict[str, Any] = {}
     if spec.weights:
         extra["models_dir"] = models_dir_for(spec)
-        if spec.name in neural.DETECTORS:
+        if (spec.alias_of or spec.name) in neural.DETECTORS:
             load_managed_detector(spec, extra["models_dir"])
             extra["device"] = None  # run where the host put the modules
         else:  # an annotator whose detector the node layer does not know how to hand to the host
@@ -262,7 +262,8 @@ def display_name(spec: AnnotatorSpec) -> str:
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {f"{KEY_PREFIX}Preprocessor": Preprocessor}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {f"{KEY_PREFIX}Preprocessor": "Preprocessor" + PACK_LABEL}
-for _spec in REGISTRY.values():  # every annotator, with parameters or not (Depth Anything V2 has none)
-    _key = KEY_PREFIX + node_class_name(_spec)
-    NODE_CLASS_MAPPINGS[_key] = _dedicated_node(_spec)
-    NODE_DISPLAY_NAME_MAPPINGS[_key] = display_name(_spec)
+for _spec in REGISTRY.values():  # every annotator (Depth Anything V2 too); an alias (controlnet_aux's id) shares its base's node
+    if _spec.alias_of is None:
+        _key = KEY_PREFIX + node_class_name(_spec)
+        NODE_CLASS_MAPPINGS[_key] = _dedicated_node(_spec)
+        NODE_DISPLAY_NAME_MAPPINGS[_key] = display_name(_spec)

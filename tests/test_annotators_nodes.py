@@ -105,7 +105,7 @@ def test_display_names_are_unique_and_tell_the_pack_apart(host):
 def test_every_annotator_has_its_own_node_including_depth_anything_v2(host):
     for name, spec in host.nodes.REGISTRY.items():
         key = f"ControlNetPack_{name.title().replace('_', '').replace('+', 'Plus')}Preprocessor"  # keys stay URL-safe
-        assert key in host.nodes.NODE_CLASS_MAPPINGS, name
+        assert (key in host.nodes.NODE_CLASS_MAPPINGS) == (spec.alias_of is None), name  # aliases share their base's
     depth = host.nodes.NODE_CLASS_MAPPINGS["ControlNetPack_DepthAnythingV2Preprocessor"]
     assert host.nodes.NODE_DISPLAY_NAME_MAPPINGS["ControlNetPack_DepthAnythingV2Preprocessor"] == \
         "Depth Anything V2 Preprocessor (ControlNet Pack)"
@@ -209,3 +209,34 @@ def test_sample_nodes_load_the_bundled_photo_and_pose(host):
             image_node.load(bad)
     with pytest.raises(AnnotatorInputError, match="bundled files"):
         pose_node.load("../../pyproject.toml")
+
+
+def test_line_annotators_have_nodes_and_aliases_share_them(host):
+    """controlnet_aux's ids are in the generic dropdown; ids with parameters get a node of their own,
+    aliases (an id with parameters fixed) do not."""
+    mappings = host.nodes.NODE_CLASS_MAPPINGS
+    choices = host.nodes.Preprocessor.INPUT_TYPES()["required"]["preprocessor"][0]
+    for name in ("lineart_realistic", "lineart_coarse", "lineart_anime", "mlsd", "softedge_pidinet", "scribble_pidinet",
+                 "softedge_pidsafe", "scribble_pidsafe", "scribble_hed", "softedge_hed", "softedge_hedsafe",
+                 "scribble_hedsafe", "teed", "hed", "canny", "shuffle"):
+        assert name in choices
+    mlsd = mappings["ControlNetPack_MlsdPreprocessor"].INPUT_TYPES()["required"]
+    assert list(mlsd) == ["image", "resolution", "score_threshold", "distance_threshold"]
+    assert mlsd["score_threshold"][1]["default"] == 0.1 and mlsd["distance_threshold"][1]["default"] == 0.1
+    assert list(mappings["ControlNetPack_TeedPreprocessor"].INPUT_TYPES()["required"]) == ["image", "resolution", "safe_steps"]
+    assert list(mappings["ControlNetPack_ScribblePidinetPreprocessor"].INPUT_TYPES()["required"])[-1] == "safe"
+    assert not any(key.startswith(("ControlNetPack_SoftedgeHed", "ControlNetPack_ScribblePidsafe")) for key in mappings)
+
+
+def test_an_alias_runs_from_the_dropdown_with_weights_from_the_models_folder(host):
+    from pack_under_test.annotators.pidinet import PiDiNetModel
+
+    folder = Path(host.registered["annotators"][0])
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    state = {"module." + key: value for key, value in PiDiNetModel().state_dict().items()}
+    torch.save({"epoch": 1, "state_dict": state}, folder / "table5_pidinet.pth")
+    returned = host.nodes.Preprocessor().preprocess(torch.rand(2, 30, 40, 3), "scribble_pidsafe", 64)
+    control_map, pose = returned["result"]
+    assert control_map.shape == (2, 30, 40, 3) and pose == []
+    assert set(torch.unique(control_map).tolist()) <= {0.0, 1.0}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..common.checkpoint import add_missing_batchnorm_counters, count_indexed, load_checked, require_tensor
+from ..common.checkpoint import count_indexed, load_checked, require_tensor
 from .model import EFFICIENTNET_STAGES, NormalBaeConfig, NormalBaeModel
 
 ANNOTATOR = "NormalBAE"
@@ -42,4 +42,4 @@ def config_from_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> 
 def load_normalbae(path: str | Path) -> NormalBaeModel:
     """Read, validate and load ``path`` into a :class:`NormalBaeModel` (float32, eval mode, CPU)."""
     return load_checked(path, annotator=ANNOTATOR, architecture=ARCHITECTURE, read_config=config_from_state_dict,
-                        build=NormalBaeModel, complete=lambda state, expected, _: add_missing_batchnorm_counters(state, expected))
+                        build=NormalBaeModel)
