@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from .errors import InputError
 
 RESIZE_MODES = ("just_resize", "crop_and_resize", "resize_and_fill")
+# A control image smaller than this on a side carries no usable map (an 8×8 image is one latent pixel).
+MIN_IMAGE_SIDE = 8
 INTERPOLATIONS = ("nearest-exact", "bilinear", "bicubic", "area")
 
 
@@ -39,6 +41,9 @@ def as_image_batch(image: torch.Tensor | np.ndarray, what: str = "control image"
                          f"found shape {tuple(tensor.shape)}")
     if 0 in tensor.shape:
         raise InputError(f"{what}: the image is empty (shape {tuple(tensor.shape)})")
+    if min(tensor.shape[1:3]) < MIN_IMAGE_SIDE:
+        raise InputError(f"{what}: the image is {tensor.shape[1]}×{tensor.shape[2]} pixels, too small to carry a control "
+                         f"map; expected at least {MIN_IMAGE_SIDE}×{MIN_IMAGE_SIDE} (is the right image connected?)")
     if tensor.dtype == torch.uint8:
         tensor = tensor.float() / 255.0
     elif not tensor.is_floating_point():

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..controlnet_core import ControlNetError, InputError
-from ..controlnet_core.hint import RESIZE_MODES
+from ..controlnet_core.hint import RESIZE_MODES, as_image_batch
 from ..controlnet_core.modes import MODE_BALANCED, check_mode
 from ..controlnet_core.protocol import Contribution, UNetLayout
 
@@ -56,6 +56,7 @@ class ControlUnit:
         if not 0.0 <= self.start <= self.end <= 1.0:
             raise InputError(
                 f"{name}: expected 0 ≤ start_percent ≤ end_percent ≤ 1, found start {self.start}, end {self.end}")
+        as_image_batch(self.image, f"{name}: control image")  # refuse an empty, tiny or NaN image now, not mid-run
         check_mode(self.mode)
         if self.resize_mode not in RESIZE_MODES:
             raise InputError(f"{name}: resize_mode: expected one of {list(RESIZE_MODES)}, found {self.resize_mode!r}")

@@ -223,6 +223,9 @@ def test_bad_hint_images_are_refused():
         prepare_hint(torch.rand(1, 0, 8, 3), 8, 8)
     with pytest.raises(InputError, match="resize mode"):
         prepare_hint(torch.rand(1, 8, 8, 3), 8, 8, mode="stretch")
+    with pytest.raises(InputError, match=r"the image is 1×1 pixels, too small .* at least 8×8"):
+        prepare_hint(torch.rand(1, 1, 1, 3), 64, 64)
+    prepare_hint(torch.rand(1, 8, 300, 3), 64, 64)  # thin but usable
 
 
 def test_just_resize_stretches_any_size():
