@@ -4,7 +4,8 @@
     .venv/bin/python bench/plot_curves.py [bench/out/bench_host_curves.json] [--png bench/cost_curves.png]
 
 Left: ControlNet overhead per step (CPU time) against the number of controls, one line per
-resolution and batch, the host's chained apply nodes dashed, ours solid. Right: the peak extra
+resolution and batch, the host's chained apply nodes dashed, ours solid, both axes logarithmic
+(cost proportional to the controls is then a straight line of slope 1). Right: the peak extra
 resident memory of one step, the same way.
 """
 from __future__ import annotations
@@ -37,12 +38,15 @@ def plot(curves: dict, png: Path) -> None:
                       markersize=4, label=f"host, {label}")
             axis.plot(controls, [p["ours"][key] * scale for p in points], "-o", color=colour, markersize=4,
                       label=f"ours, {label}")
-    time_axis.set(xlabel="controls", ylabel="ControlNet overhead per step, CPU s (1 thread)", yscale="log",
-                  title="overhead per step (dashed: host's chained apply nodes)")
+    # Log-log: cost proportional to the number of controls is a straight line of slope 1 at any scale.
+    time_axis.set(xlabel="controls", ylabel="ControlNet overhead per step, CPU s (1 thread)", xscale="log",
+                  yscale="log", title="overhead per step (dashed: host's chained apply nodes)")
     memory_axis.set(xlabel="controls", ylabel="peak extra resident memory per step, GiB",
                     title="peak memory (dashed: host)")
     for axis in (time_axis, memory_axis):
-        axis.set_xticks(sorted({p["controls"] for p in curves["points"]}))
+        ticks = sorted({p["controls"] for p in curves["points"]})
+        axis.set_xticks(ticks, [str(t) for t in ticks])
+        axis.minorticks_off()
         axis.grid(True, alpha=0.3)
     time_axis.legend(fontsize=7, ncol=2)
     figure.suptitle(f"SD1.5 ControlNets (random weights), CPU, {curves.get('host_version', '?')} host, "
