@@ -212,10 +212,16 @@ def main() -> None:
                                  "hint_cpu_s": run["hint_cpu"], "speedup_with_hint": with_hint,
                                  "final_latent_relative": difference / float(exact["latent"].norm()),
                                  "share_of_control_effect": difference / effect,
-                                 "residual_errors": run["residual_errors"]}
+                                 "residual_errors": run["residual_errors"], "control_cpu_steps_s": run["control_cpu"]}
         print(f"| {name} | {run['computed']} of {args.steps} | {per_step:.3f} s | {wall:.3f} s | {ratio:.2f}× | {with_hint:.2f}× | "
               f"{difference / float(exact['latent'].norm()):.2e} | {difference / effect:.3f} | "
               f"{statistics.mean(reused):.3f} / {max(reused):.3f} |")
+    for name in SPEED_MODES:  # where the time goes: computing steps against reusing ones
+        run = runs[name]
+        computing = [c for c, e in zip(run["control_cpu"], run["residual_errors"]) if e == 0]
+        reusing = [c for c, e in zip(run["control_cpu"], run["residual_errors"]) if e > 0]
+        print(f"{name}: computing steps {statistics.mean(computing):.3f} s CPU each" +
+              (f", reusing steps {1000 * statistics.mean(reusing):.1f} ms each" if reusing else ""))
     k2 = report["modes"]["fast: reuse 2 steps"]["speedup"]
     print(f"\ntarget: ≥ {TARGET_RATIO}× less ControlNet time per step at k=2: {k2:.2f}× "
           f"({'ok' if k2 >= TARGET_RATIO else 'MISSED'}) per step; with the run's one hint embedding counted "
