@@ -203,6 +203,10 @@ class ControlModel(nn.Module):
     system: ClassVar[str] = "control"      # common name: "ControlNet", "T2I-Adapter", "ControlNeXt"
     # Control modes: per-slot soft weights ("prompt is more important"), None where the system has none.
     soft_weights: tuple[float, ...] | None = None
+    # The UNetCall fields `additions` reads per row ("x", "timesteps", "context", "y"), the control
+    # image frame aside, when it computes each row on its own: rows that agree on these get identical
+    # additions, so the stack computes them once (fast.py). None: no such promise, every row is computed.
+    row_inputs: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self) -> None:
         super().__init__()
