@@ -31,8 +31,10 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
 
-from ..controlnet_core import ControlEntry, ControlModel, ControlStack, UNetLayout, load_control, load_t2i_adapter
+from ..controlnet_core import (ControlEntry, ControlModel, ControlStack, InputError, UNetLayout, load_control,
+                              load_t2i_adapter)
 from ..controlnet_core.controlnet import load_controlnet
+from ..controlnet_core.union import UnionControl
 from .control_units import (ControlUnit, add_transformer_patches, check_contribution, host_control_dict,
                             sigma_in_range, stream_patches, sum_controls)
 
@@ -199,6 +201,18 @@ class PackControl(comfy.controlnet.ControlBase):
         self.extra_hooks = weight_hooks([unit.net for unit in self.units]) if self.units else self.extra_hooks
 
     # ---- what the units are -------------------------------------------------------------------
+    def typed_source(self) -> LoadedControl | None:
+        """Our loader's control as the host's SetUnionControlNetType node left it: on a Union file,
+        extra_args["control_type"] = [id] picks the entry's control type, [] none ("auto")."""
+        source, control_type = self.source, getattr(self, "extra_args", {}).get("control_type")
+        if source is None or control_type is None or not isinstance(source.model, UnionControl):
+            return source
+        if len(control_type) > 1:
+            raise InputError(f"{source.name}: one control type per entry, found {list(control_type)}; stack one "
+                             "entry per type (entries of the same Union file run in one pass)")
+        model = source.model.with_type(int(control_type[0]) if control_type else None)
+        return LoadedControl(model=model, patcher=source.patcher, name=f"{source.name} ({model.type_name})")
+
     def effective_units(self) -> list[ControlUnit]:
         """Our own units, or the single unit the host's apply node configured via set_cond_hint."""
         if self.units:
@@ -206,7 +220,7 @@ class PackControl(comfy.controlnet.ControlBase):
         if self.source is not None and self.cond_hint_original is not None:
             hint = self.cond_hint_original.movedim(1, -1)  # host keeps B×C×H×W; a unit holds IMAGE B×H×W×C
             start, end = self.timestep_percent_range
-            return [ControlUnit(net=self.source, image=hint, strength=float(self.strength), start=start, end=end,
+            return [ControlUnit(net=self.typed_source(), image=hint, strength=float(self.strength), start=start, end=end,
                                 label=self.source.name)]
         return []
 
