@@ -10,6 +10,10 @@ where the mask is area-resized to the addition's resolution and the row scale is
 rows and `uncond_strength` (0 in "ControlNet is more important") on unconditional ones. Rows whose
 scale is 0 are not computed at all.
 
+Entries whose models share a fusion key (protocol.py: e.g. several control types of one Union
+file) run as one group in one forward of that model; each entry's strength and mask then act inside
+the model on its own part, and the group's shared slot weights and row scale on the result.
+
 Batches, one rule for every system, control images and masks alike (the host's own rule, see
 `pair_frames`): the latent batch holds one chunk per entry of `chunk_kinds` (the host batches cond
 and uncond together; 0 = cond, 1 = uncond), each of `per_chunk` latents, and latent j of every
