@@ -18,7 +18,7 @@ import folder_paths
 from ..controlnet_core import InputError
 from ..controlnet_core.hint import RESIZE_MODES
 from ..controlnet_core.modes import CONTROL_MODES, MODE_BALANCED
-from .control_object import LoadedControl, PackControl, from_host_controlnet, load_file
+from .control_object import LoadedControl, PackControl, from_host_controlnet, host_union_type, load_file
 from .control_units import ControlUnit
 
 KEY_PREFIX = "ControlNetPack_"
@@ -87,7 +87,7 @@ def as_unit(control_net, image, strength: float, start: float, end: float, mask,
                              "output instead")
         net = control_net.typed_source()  # a Union type set by the host's SetUnionControlNetType
     else:
-        net = from_host_controlnet(control_net)
+        net = host_union_type(control_net, from_host_controlnet(control_net))
         if net is None:
             if not hasattr(control_net, "set_cond_hint"):
                 raise InputError(f"{label}: control_net must be a CONTROL_NET, found {type(control_net).__name__}")

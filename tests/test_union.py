@@ -138,6 +138,24 @@ def test_both_files_load_in_the_diffusers_layout_and_are_identified(tmp_path):
         assert model.network.union_config.channels == 64 and model.network.union_config.layers == 1
 
 
+def test_the_hosts_ldm_names_load_too(promax):
+    """The host's loaded module (ldm names, in_proj as one Linear) gives the same model."""
+    from controlnet_core.ldm.diffusers_keys import diffusers_to_ldm
+    from controlnet_core.union import load_union
+
+    reference, _ = promax
+    union_keys = ("task_embedding", "transformer_layes.", "spatial_ch_projs.", "control_add_embedding.")
+    state = state_dict_of(reference)
+    host_state = diffusers_to_ldm({k: v for k, v in state.items() if not k.startswith(union_keys)})
+    host_state.update({k.replace(".attn.in_proj_", ".attn.in_proj."): v for k, v in state.items()
+                       if k.startswith(union_keys)})
+    model = load_union(host_state).with_type("normal")
+    x, t, context, y, added = inputs(12)
+    stack = ControlStack([ControlEntry(model, as_image(hint(80)), strength=0.9)])
+    assert_equal(our_residuals(stack, x, t, context, y),
+                 reference_residuals(reference, x, t, context, added, [hint(80)], [4], [0.9]))
+
+
 def test_control_types_by_name_alias_or_id():
     assert [control_type_id(name, 8) for name in CONTROL_TYPES] == list(range(8))
     assert control_type_id("canny", 6) == control_type_id("lineart", 6) == control_type_id("mlsd", 6) == 3

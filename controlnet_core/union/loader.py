@@ -17,6 +17,7 @@ from .control_types import TYPE_NAMES
 from .model import UnionConfig, UnionControlNetModel
 
 DIFFUSERS_MARKER = "controlnet_cond_embedding.conv_in.weight"
+LDM_MARKER = "input_hint_block.0.weight"
 UNION_MARKERS = ("control_add_embedding.linear_1.bias", "task_embedding")
 # The Union's own parts; everything else is a diffusers SDXL ControlNet.
 UNION_PREFIXES = ("task_embedding", "transformer_layes.", "spatial_ch_projs.", "control_add_embedding.")
@@ -49,10 +50,15 @@ def _split(state: Mapping[str, object]) -> tuple[dict, dict]:
 def load_union(state: Mapping[str, torch.Tensor], *, source: str = "state dict", dtype: torch.dtype | None = None,
                device: str | torch.device = "cpu", overrides: Mapping[str, object] | None = None,
                operations=default_operations, compute_dtype: torch.dtype | None = None) -> UnionControl:
-    """A Union ControlNet (6 or 8 types) from a diffusers-layout state dict, as an untyped
-    UnionControl (`with_type` picks a control type per entry)."""
+    """A Union ControlNet (6 or 8 types) from a diffusers-layout state dict (the released files) or
+    from the host's loaded module (ldm names, `attn.in_proj.weight`), as an untyped UnionControl
+    (`with_type` picks a control type per entry)."""
     controlnet_part, union_part = _split(state)
-    control = diffusers_to_ldm(controlnet_part)
+    if LDM_MARKER in controlnet_part:  # the host's module: ldm names already, one Linear for in_proj
+        control = dict(controlnet_part)
+        union_part = {k.replace(".attn.in_proj.", ".attn.in_proj_"): v for k, v in union_part.items()}
+    else:
+        control = diffusers_to_ldm(controlnet_part)
     config = infer_config({k: tuple(v.shape) for k, v in control.items()}, source, overrides)
     union = union_config({k: tuple(v.shape) for k, v in union_part.items()}, source)
     network = build_model(lambda dt: UnionControlNetModel(config, union, dtype=dt, operations=operations,

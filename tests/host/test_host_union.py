@@ -107,6 +107,18 @@ def test_one_type_matches_the_hosts_set_union_type_path(host, type_name):
     assert_match(run(host, via_host), expected)
 
 
+@pytest.mark.parametrize("type_name", ["depth", "auto"])
+def test_host_loaders_union_in_our_apply_node_runs_our_core_with_its_type(host, type_name):
+    apply_host = host.nodes.ControlNetApplyAdvanced().apply_controlnet
+    typed = host.set_type(host.host_net, type_name)
+    theirs, _ = apply_host(conditioning(), conditioning(), typed, IMAGE, 0.7, 0.0, 1.0)
+    ours, _ = host.ours.ApplyControlNet().apply(conditioning(), conditioning(), typed, IMAGE, 0.7, 0.0, 1.0)
+    control = ours[0][1]["control"]
+    assert type(control).__name__ == "PackControl"  # run through our core, not the host fallback
+    assert control.units[0].net.model.type_name == ("no type" if type_name == "auto" else type_name)
+    assert_match(run(host, ours), run(host, theirs))
+
+
 def test_two_types_of_one_file_run_in_one_forward_in_a_stack(host):
     our_net, = host.ours.LoadControlNet().load(host.path.name)
     pose, depth = host.set_type(our_net, "openpose"), host.set_type(our_net, "depth")
