@@ -386,3 +386,49 @@ def test_uncond_rows_skipped_in_a_fused_pass(promax):
     for a, b, w in zip(ours, expected, soft):
         assert (a[2:] == 0).all()
         torch.testing.assert_close(a[:2], b * w, atol=1e-6, rtol=0)
+
+
+def test_the_stack_hook_groups_entries_by_fusion_key_mode_and_range():
+    """The hook is not Union-specific: a probe model whose entries share a key gets them together
+    (strengths passed in, not applied by the stack), split by mode and range; values by hand."""
+    from controlnet_core.protocol import Addition, ControlModel, HintSpec, Target
+
+    calls = []
+
+    class Probe(ControlModel):
+        system = "Probe"
+
+        def __init__(self, key):
+            super().__init__()
+            self.key, self.weight = key, torch.nn.Parameter(torch.ones(1))
+
+        family, slots, soft_weights = "sd1", ("middle",), (0.5,)
+
+        def hint_spec(self, h, w):
+            return HintSpec(h * 8, w * 8, 3)
+
+        def fusion_key(self):
+            return self.key
+
+        def additions(self, call, prepared, frames):
+            calls.append(1)
+            return [Addition(Target.middle(), 0, torch.ones_like(call.x[:, :1]))]
+
+        def fused_additions(self, call, members):
+            calls.append(len(members))
+            total = sum(m.strength for m in members)
+            return [Addition(Target.middle(), 0, torch.full_like(call.x[:, :1], total))]
+
+    image = torch.rand(1, 16, 16, 3)
+    stack = ControlStack([ControlEntry(Probe("a"), image, strength=0.25),
+                          ControlEntry(Probe("a"), image, strength=0.5, end=0.5),
+                          ControlEntry(Probe("a"), image, strength=2.0, mode="prompt is more important"),
+                          ControlEntry(Probe(None), image, strength=3.0)])
+    x = torch.zeros(1, 4, 2, 2)
+    middle = stack.contributions(x, torch.tensor([1.0]), torch.zeros(1, 1, 8), percent=0.3).middle
+    assert calls == [2, 1, 1]  # entries 1+2 fused (their strengths summed inside), 3 and 4 alone
+    assert torch.equal(middle, torch.full_like(middle, 0.75 + 2.0 * 0.5 + 3.0))
+    calls.clear()
+    middle = stack.contributions(x, torch.tensor([1.0]), torch.zeros(1, 1, 8), percent=0.7).middle
+    assert calls == [1, 1, 1]  # entry 2 is off: entry 1 runs alone, its strength applied by the stack
+    assert torch.equal(middle, torch.full_like(middle, 0.25 + 2.0 * 0.5 + 3.0))
