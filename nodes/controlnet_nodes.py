@@ -19,7 +19,7 @@ from ..controlnet_core import InputError
 from ..controlnet_core.fast import SPEED_MODES
 from ..controlnet_core.hint import RESIZE_MODES
 from ..controlnet_core.modes import CONTROL_MODES, MODE_BALANCED
-from .control_object import LoadedControl, PackControl, from_host_controlnet, load_file
+from .control_object import LoadedControl, PackControl, from_host_controlnet, host_union_type, load_file
 from .control_units import ControlUnit
 
 KEY_PREFIX = "ControlNetPack_"
@@ -92,9 +92,9 @@ def as_unit(control_net, image, strength: float, start: float, end: float, mask,
         if control_net.source is None:
             raise InputError(f"{label}: this CONTROL_NET already carries applied controls; connect the loader's "
                              "output instead")
-        net = control_net.source
+        net = control_net.typed_source()  # a Union type set by the host's SetUnionControlNetType
     else:
-        net = from_host_controlnet(control_net)
+        net = host_union_type(control_net, from_host_controlnet(control_net))
         if net is None:
             if not hasattr(control_net, "set_cond_hint"):
                 raise InputError(f"{label}: control_net must be a CONTROL_NET, found {type(control_net).__name__}")
@@ -176,10 +176,12 @@ def _refuse_reapplied(units: list[ControlUnit], conditioning: list) -> None:
 
 class LoadControlNet:
     DESCRIPTION = ("Loads a control model from ComfyUI's controlnet models folder: a ControlNet (SD1.x, SD2.x, SDXL; "
-                   "original or diffusers layout), a T2I-Adapter (full, XL or light) or a ControlNeXt module (with its "
-                   "UNet weights as the optional second file). The output is a standard CONTROL_NET: it works with "
+                   "original or diffusers layout), a T2I-Adapter (full, XL or light), a ControlNeXt module (with its "
+                   "UNet weights as the optional second file) or a Union ControlNet (xinsir, 6 types or ProMax; pick "
+                   "each entry's type with the host's SetUnionControlNetType node, and entries of one Union file run "
+                   "in one pass). The output is a standard CONTROL_NET: it works with "
                    "this pack's apply nodes and with the host's own Apply ControlNet. Files the pack does not run "
-                   "(Union, Control-LoRA, LLLite, style adapters, SD3/Flux ControlNets) get an error naming the node "
+                   "(Control-LoRA, LLLite, style adapters, SD3/Flux ControlNets) get an error naming the node "
                    "to use instead. Loading the same file twice reuses the weights.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("CONTROL_NET",)
