@@ -19,11 +19,9 @@ from .config import ControlNetConfig
 from ..identity import Identity
 from .formats import (apply_difference, detect_layout, infer_config, is_controlnet, strip_to_control_keys,
                       unet_encoder_from_checkpoint)
-from .model import HINT_BLOCK_CONVS, ControlNetModel
+from .model import ControlNetModel, hint_block_convs
 
 StateDictSource = str | os.PathLike | Mapping[str, torch.Tensor]
-# The last input_hint_block conv: index of the eighth conv once SiLUs sit between them.
-LAST_HINT_CONV = 2 * (len(HINT_BLOCK_CONVS) - 1)
 # Parts a ControlNet has and its base UNet does not.
 CONTROLNET_ONLY_PREFIXES = ("zero_convs.", "middle_block_out.", "input_hint_block.")
 
@@ -103,7 +101,10 @@ def from_unet(unet_state_dict: Mapping[str, torch.Tensor], *, hint_channels: int
     nothing and the UNet's output is unchanged. Other hint convs get PyTorch's default init."""
     encoder = unet_encoder_from_checkpoint(unet_state_dict)
     shapes = {k: tuple(v.shape) for k, v in encoder.items()}
-    shapes["input_hint_block.0.weight"] = (16, hint_channels, 3, 3)
+    model_channels = shapes["input_blocks.0.0.weight"][0]
+    for index, (conv_in, conv_out, _) in enumerate(hint_block_convs(hint_channels, ControlNetConfig.hint_block_channels,
+                                                                    model_channels)):
+        shapes[f"input_hint_block.{2 * index}.weight"] = (conv_out, conv_in, 3, 3)
     config = infer_config(shapes, "base UNet", overrides)
     dtype = dominant_float_dtype(encoder)
     model = ControlNetModel(config, dtype=dtype)
@@ -115,7 +116,7 @@ def from_unet(unet_state_dict: Mapping[str, torch.Tensor], *, hint_channels: int
                               f"unexpected {loaded.unexpected_keys[:4]}")
     with torch.no_grad():
         zero_layers = [conv[0] for conv in model.zero_convs] + [model.middle_block_out[0],
-                                                                model.input_hint_block[LAST_HINT_CONV]]
+                                                                model.input_hint_block[-1]]
         for layer in zero_layers:
             layer.weight.zero_()
             layer.bias.zero_()
