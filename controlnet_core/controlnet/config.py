@@ -40,6 +40,9 @@ class ControlNetConfig:
     # Output channels of the hint block's stages (diffusers' conditioning_embedding_out_channels): a conv
     # at each width, then a stride-2 conv to the next, so the hint is 2^(stages - 1) times the latent.
     hint_block_channels: tuple[int, ...] = (16, 32, 96, 256)
+    # Shuffle ControlNets: every residual is averaged over its height and width, and the control acts on
+    # the conditional side only (the host's name for the flag).
+    global_average_pooling: bool = False
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(self.channel_mult)

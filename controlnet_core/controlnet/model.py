@@ -25,6 +25,7 @@ from ..protocol import Addition, ControlModel, HintSpec, Target, UNetCall, UNetL
 from .config import ControlNetConfig
 
 
+
 def hint_block_convs(hint_channels: int, stages: tuple[int, ...], model_channels: int) -> list[tuple[int, int, int]]:
     """(in, out, stride) of the input_hint_block's 3×3 convs: one into the first stage, then per stage a
     conv at its width and a stride-2 conv into the next, then one out to the model's width. SiLU sits
@@ -119,6 +120,17 @@ class ControlNetModel(ControlModel):
     def soft_weights(self) -> tuple[float, ...]:
         return controlnet_soft_weights(self.config.num_down_residuals + 1)
 
+    @property
+    def cond_only(self) -> bool:
+        # Shuffle ControlNets were trained with control on the conditional side only (the original's
+        # gradio_shuffle.py passes no hint with the unconditional prompt; diffusers forces guess mode).
+        return self.config.global_average_pooling
+
+    @property
+    def variant(self) -> str:
+        pooled = ", global average pooling (shuffle)" if self.config.global_average_pooling else ""
+        return f"ControlNet ({family_name(self.config.family)}{pooled})"
+
     # ---- the control-system protocol ---------------------------------------------------------------
     def hint_spec(self, latent_height: int, latent_width: int) -> HintSpec:
         scale = self.config.hint_downscale
@@ -131,8 +143,13 @@ class ControlNetModel(ControlModel):
         # Timesteps in the model's dtype, as the host's ControlNet receives them.
         result = self(call.x, None, call.timesteps.to(self.dtype), call.context, call.y,
                       hint_embedding=take_frames(prepared, frames))
-        additions = [Addition(Target.skip(i), i, residual) for i, residual in enumerate(result.down)]
-        return additions + [Addition(Target.middle(), len(result.down), result.mid)]
+        residuals = [*result.down, result.mid]
+        if self.config.global_average_pooling:
+            # The original averages every residual over height and width and adds it everywhere (ControlLDM.
+            # apply_model in ControlNet-v1-1-nightly); expanded back to full size (a view) so masks act per pixel.
+            residuals = [r.mean(dim=(2, 3), keepdim=True).expand_as(r) for r in residuals]
+        additions = [Addition(Target.skip(i), i, residual) for i, residual in enumerate(residuals[:-1])]
+        return additions + [Addition(Target.middle(), len(result.down), residuals[-1])]
 
     def check_fits(self, layout: UNetLayout) -> None:
         cfg = self.config
