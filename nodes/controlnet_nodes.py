@@ -173,8 +173,8 @@ def _refuse_reapplied(units: list[ControlUnit], conditioning: list) -> None:
 class LoadControlNet:
     DESCRIPTION = ("Loads a control model from ComfyUI's controlnet models folder: a ControlNet (SD1.x, SD2.x, SDXL; "
                    "original or diffusers layout; shuffle ControlNets pooled as the original; diff ControlNets with "
-                   "the base model on the optional `model` input), a T2I-Adapter (full, XL or light) or a ControlNeXt module (with its "
-                   "UNet weights as the optional second file). The output is a standard CONTROL_NET: it works with "
+                   "the base model on the optional `model` input), a T2I-Adapter (full, XL or light) or a ControlNeXt "
+                   "module (with its UNet weights as the optional second file). The output is a standard CONTROL_NET: it works with "
                    "this pack's apply nodes and with the host's own Apply ControlNet. Files the pack does not run "
                    "(Union, Control-LoRA, LLLite, style adapters, SD3/Flux ControlNets) get an error naming the node "
                    "to use instead. Loading the same file twice reuses the weights.")

@@ -68,8 +68,8 @@ def test_structure_loads_and_matches_diffusers(case, layout):
 
     kwargs, family, overrides, expected = CASES[case]
     model = randomize_(ControlNetModel(**kwargs), 17).eval()
-    ours = controlnet_core.load_controlnet(diffusers_state_dict(model) if layout == "diffusers" else ldm_state_dict(model),
-                                           overrides=overrides)
+    state = diffusers_state_dict(model) if layout == "diffusers" else ldm_state_dict(model)
+    ours = controlnet_core.load_controlnet(state, overrides=overrides)
     for field, value in expected.items():
         assert getattr(ours.config, field) == value, field
     stages = kwargs.get("conditioning_embedding_out_channels", (16, 32, 96, 256))

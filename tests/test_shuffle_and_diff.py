@@ -172,8 +172,8 @@ def test_diff_controlnet_from_the_base_unet_matches_diffusers_bit_for_bit(tmp_pa
     inputs = make_inputs("sd1", batch=2, seed=12)
     with torch.no_grad():
         down, mid = reference.eval()(inputs.x, inputs.timesteps, inputs.context, inputs.hint, return_dict=False)
-    for base in (diffusers_state_dict(unet),  # a diffusers UNet
-                 with_prefix(diffusers_unet_encoder_to_ldm(diffusers_state_dict(unet)), "diffusion_model.")):  # the host's
+    host_names = with_prefix(diffusers_unet_encoder_to_ldm(diffusers_state_dict(unet)), "diffusion_model.")
+    for base in (diffusers_state_dict(unet), host_names):  # a diffusers UNet, and the host's MODEL state dict
         ours = controlnet_core.load_control(path, base_unet=base, dtype=torch.float32)
         with torch.no_grad():
             residuals = ours(inputs.x, inputs.hint, inputs.timesteps, inputs.context)

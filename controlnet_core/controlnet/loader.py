@@ -155,6 +155,7 @@ def detect(shapes: Mapping[str, tuple[int, ...]], source: str) -> Identity | Non
     if info.diff:
         details["needs"] = "the base model's UNet (its weights are deltas on it)"
     if pools_by_name(source):
-        details["global average pooling"] = "on (a shuffle ControlNet, by its file name): control on the positive side only"
+        details["global average pooling"] = ("on (a shuffle ControlNet, by its file name): control on the positive "
+                                             "side only")
     return Identity("ControlNet", "diff" if info.diff else config.family, layout, config.family, details=details,
                     needs_base_model=info.diff)

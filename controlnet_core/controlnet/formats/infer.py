@@ -37,8 +37,8 @@ def _hint_block_stages(shapes: Mapping[str, tuple[int, ...]], source: str) -> tu
     while f"input_hint_block.{2 * len(convs)}.weight" in shapes:
         convs.append(shapes[f"input_hint_block.{2 * len(convs)}.weight"])
     if len(convs) < 2 or len(convs) % 2:
-        raise CheckpointError(f"{source}: the hint block has {len(convs)} convs (input_hint_block.0, .2, …); expected "
-                              "an even number of at least 2 (8 in the released ControlNets)")
+        raise CheckpointError(f"{source}: the hint block has {len(convs)} convs (input_hint_block.0, .2, …); "
+                              "expected an even number of at least 2 (8 in the released ControlNets)")
     return tuple(int(convs[i][0]) for i in range(0, len(convs) - 1, 2))
 
 
