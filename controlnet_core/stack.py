@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .fast import ReusePolicy, deduplicated_additions, reused_additions
 from .hint import INTERPOLATIONS, RESIZE_MODES, as_image_batch, as_mask_batch, prepare_hint, prepare_mask
 from .modes import MODE_BALANCED, mode_settings
 from .protocol import Addition, Contribution, ControlModel, HintSpec, UNetCall, UNetLayout, take_frames
@@ -81,8 +82,10 @@ class ControlEntry:
     interpolation: str = "nearest-exact"
     uncond_strength: float = 1.0              # multiplier on uncond rows, on top of the mode's
     enabled: bool = True
+    reuse: ReusePolicy | None = None          # fast mode (fast.py, not exact): reuse additions across steps
     _prepared_cache: dict = field(default_factory=dict, init=False, repr=False)
     _mask_cache: dict = field(default_factory=dict, init=False, repr=False)
+    _reuse_states: list = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.strength = check_strength(self.strength)
@@ -152,6 +155,7 @@ class ControlEntry:
     def clear_cache(self) -> None:
         self._prepared_cache = {}
         self._mask_cache = {}
+        self._reuse_states = []
 
 
 def _version_of(tensor: torch.Tensor) -> int:
@@ -238,15 +242,20 @@ class _EntryCall:
         self.row_scale = None if bool((row_scale == 1).all()) else row_scale[self.rows]
 
     def add_to(self, total: Contribution) -> None:
-        if self.rows.numel() == 0:
-            return
+        if self.rows.numel() == 0 or not any(self.entry.slot_weights):
+            return  # nothing it adds would reach the UNet: nothing computed
         entry, rows = self.entry, self.rows
         model = entry.model
         prepared = entry.prepared(*self.latent_size, self.x.device)
         pick = (lambda t: t) if not self.subset else \
             (lambda t: t if t is None or t.shape[0] == 1 else t.index_select(0, rows))  # noqa: E731
         call = UNetCall(pick(self.x), pick(self.timesteps), pick(self.context), pick(self.y), self.layout)
-        for addition in model.additions(call, prepared, self.frames[rows.cpu()]):
+        frames = self.frames[rows.cpu()]
+        if entry.reuse is None or entry.reuse.exact:
+            additions = deduplicated_additions(model, call, prepared, frames)
+        else:
+            additions = reused_additions(entry.reuse, entry._reuse_states, model, call, prepared, frames)
+        for addition in additions:
             scale = entry.strength * entry.slot_weights[addition.slot]
             if callable(addition.value):
                 total.add(addition.target, self._stream_function(addition, scale))

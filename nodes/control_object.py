@@ -33,6 +33,7 @@ import comfy.ops
 
 from ..controlnet_core import ControlEntry, ControlModel, ControlStack, UNetLayout, load_control, load_t2i_adapter
 from ..controlnet_core.controlnet import load_controlnet
+from ..controlnet_core.fast import speed_mode
 from .control_units import (ControlUnit, add_transformer_patches, check_contribution, host_control_dict,
                             sigma_in_range, stream_patches, sum_controls)
 
@@ -261,7 +262,8 @@ class PackControl(comfy.controlnet.ControlBase):
             if self._layout is not None:
                 control_model.check_fits(self._layout)
             entry = ControlEntry(model=control_model, image=unit.image, strength=unit.strength, start=unit.start,
-                                 end=unit.end, mask=unit.mask, mode=unit.mode, resize_mode=unit.resize_mode)
+                                 end=unit.end, mask=unit.mask, mode=unit.mode, resize_mode=unit.resize_mode,
+                                 reuse=speed_mode(unit.speed_mode))
             self._entry_ranges[id(entry)] = (float(percent_to_timestep_function(unit.start)),
                                              float(percent_to_timestep_function(unit.end)))
             entries.append(entry)

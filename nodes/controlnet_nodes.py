@@ -17,6 +17,7 @@ import folder_paths
 
 from ..controlnet_core import InputError, identify
 from ..controlnet_core.errors import BaseModelRequired
+from ..controlnet_core.fast import SPEED_MODES
 from ..controlnet_core.hint import RESIZE_MODES
 from ..controlnet_core.modes import CONTROL_MODES, MODE_BALANCED
 from .control_object import LoadedControl, PackControl, base_unet_weights, from_host_controlnet, load_file
@@ -51,6 +52,12 @@ RESIZE = (list(RESIZE_MODES), {"default": "crop_and_resize",
                                "tooltip": "How the control image is fitted to the generation: crop_and_resize "
                                           "(centre crop, the host's), just_resize (stretch) or resize_and_fill "
                                           "(letterbox with the edge colour)."})
+SPEED = (list(SPEED_MODES), {"default": "exact",
+                             "tooltip": "exact: the control is computed at every step (the reference result). The fast "
+                                        "modes are not exact: they compute it at one step and reuse it at the next "
+                                        "ones, every 2 or 3 steps, or adaptive (again once the timestep moved 150 of "
+                                        "1000), for about 2-3× less control time at a small quality cost (see the "
+                                        "README's fast-mode table)."})
 MASK_TOOLTIP = ("Optional MASK, same width and height as the control image: the control acts only where "
                 "the mask is 1 (soft values blend).")
 IMAGE_TOOLTIP = ("Control image (pose skeleton, depth map, edges…), values 0–1. Resized to the latent size ×8 "
@@ -82,7 +89,7 @@ def resolve_controlnet_path(name: str) -> str:
 
 
 def as_unit(control_net, image, strength: float, start: float, end: float, mask, mode: str, label: str,
-            resize_mode: str = "crop_and_resize") -> ControlUnit:
+            resize_mode: str = "crop_and_resize", speed_mode: str = "exact") -> ControlUnit:
     """One stack entry from node inputs; a host CONTROL_NET is run through our core when it can be."""
     if isinstance(control_net, PackControl):
         if control_net.source is None:
@@ -94,14 +101,14 @@ def as_unit(control_net, image, strength: float, start: float, end: float, mask,
         if net is None:
             if not hasattr(control_net, "set_cond_hint"):
                 raise InputError(f"{label}: control_net must be a CONTROL_NET, found {type(control_net).__name__}")
-            if mask is not None or mode != MODE_BALANCED or resize_mode != "crop_and_resize":
+            if mask is not None or mode != MODE_BALANCED or resize_mode != "crop_and_resize" or speed_mode != "exact":
                 raise InputError(
                     f"{label}: this {type(control_net).__name__} runs on the host's own code path, which has no "
-                    "mask, control mode or resize mode; use mode 'balanced', crop_and_resize and no mask, or load the "
-                    "file with LoadControlNet")
+                    "mask, control mode or resize mode, and no fast mode; use mode 'balanced', crop_and_resize, "
+                    "speed_mode 'exact' and no mask, or load the file with LoadControlNet")
             net = control_net
     return ControlUnit(net=net, image=image, strength=float(strength), start=float(start), end=float(end),
-                       mask=mask, mode=mode, label=label, resize_mode=resize_mode)
+                       mask=mask, mode=mode, label=label, resize_mode=resize_mode, speed_mode=speed_mode)
 
 
 def apply_units(positive: list, negative: list, units: list[ControlUnit]) -> tuple[list, list]:
@@ -264,13 +271,14 @@ class ApplyControlNet:
                 "mask": ("MASK", {"tooltip": MASK_TOOLTIP}),
                 "control_mode": MODE,
                 "resize_mode": RESIZE,
+                "speed_mode": SPEED,
             },
         }
 
     def apply(self, positive, negative, control_net, image, strength, start_percent, end_percent,
-              mask=None, control_mode=MODE_BALANCED, resize_mode="crop_and_resize"):
+              mask=None, control_mode=MODE_BALANCED, resize_mode="crop_and_resize", speed_mode="exact"):
         unit = as_unit(control_net, image, strength, start_percent, end_percent, mask, control_mode, "ApplyControlNet",
-                       resize_mode)
+                       resize_mode, speed_mode)
         return apply_units(positive, negative, [unit])
 
 
@@ -309,6 +317,8 @@ class MultiControlStack:
             optional[f"mask_{slot}"] = ("MASK", {"tooltip": f"Entry {slot}: {MASK_TOOLTIP}"})
         for slot in range(1, STACK_SLOTS + 1):  # added later: optional inputs keep old workflows loading
             optional[f"resize_mode_{slot}"] = RESIZE
+        for slot in range(1, STACK_SLOTS + 1):
+            optional[f"speed_mode_{slot}"] = SPEED
         return {"required": required, "optional": optional}
 
     def apply(self, positive=None, negative=None, stack=None, **slots):
@@ -326,7 +336,8 @@ class MultiControlStack:
             units.append(as_unit(control_net, image, slots.get(f"strength_{slot}", 1.0),
                                  slots.get(f"start_percent_{slot}", 0.0), slots.get(f"end_percent_{slot}", 1.0),
                                  slots.get(f"mask_{slot}"), slots.get(f"control_mode_{slot}", MODE_BALANCED), label,
-                                 slots.get(f"resize_mode_{slot}", "crop_and_resize")))
+                                 slots.get(f"resize_mode_{slot}", "crop_and_resize"),
+                                 slots.get(f"speed_mode_{slot}", "exact")))
         out_positive, out_negative = apply_units(positive or [], negative or [], units)
         return (out_positive, out_negative, tuple(units))
 

@@ -47,6 +47,7 @@ class ControlNetModel(ControlModel):
     then the middle one; `prepare` is the hint block (it depends only on the control image)."""
 
     system = "ControlNet"
+    row_inputs = ("x", "timesteps", "context", "y")  # each row on its own (per-sample norms and attention)
 
     def __init__(self, config: ControlNetConfig, device=None, dtype=None, operations=default_operations,
                  compute_dtype: torch.dtype | None = None) -> None:
