@@ -17,3 +17,8 @@ class CheckpointError(ControlNetError):
 
 class InputError(ControlNetError):
     """A runtime input (latent, hint image, mask, strength, context) that does not fit the model."""
+
+
+class BaseModelRequired(CheckpointError):
+    """A file whose weights are built from the base model's (diff ControlNets) was loaded without it.
+    The node layer turns it into a message naming its `model` input."""

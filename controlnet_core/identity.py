@@ -13,6 +13,9 @@ class Identity:
     runs_here: bool = True     # this pack loads and runs it
     advice: str = ""           # for files it does not run: what to use instead
     details: dict = field(default_factory=dict)  # system-specific facts for `inspect`
+    # Its weights are built from the base model's at load time (diff ControlNets): give load_control the
+    # base UNet (`base_unet`, in ComfyUI the loader's `model` input).
+    needs_base_model: bool = False
 
     @property
     def title(self) -> str:

@@ -221,6 +221,9 @@ class ControlModel(nn.Module):
     system: ClassVar[str] = "control"      # common name: "ControlNet", "T2I-Adapter", "ControlNeXt"
     # Control modes: per-slot soft weights ("prompt is more important"), None where the system has none.
     soft_weights: tuple[float, ...] | None = None
+    # Controls trained to act on the conditional rows only (shuffle ControlNets): the stack gives the
+    # unconditional rows nothing, whatever the entry's mode and uncond_strength.
+    cond_only: bool = False
     # The UNetCall fields `additions` reads per row ("x", "timesteps", "context", "y"), the control
     # image frame aside, when it computes each row on its own: rows that agree on these get identical
     # additions, so the stack computes them once (fast.py). None: no such promise, every row is computed.

@@ -7,8 +7,9 @@ weights. For a UNet call the stack runs only the entries that are on (inside the
     strength · mode weight[slot] · weights[slot] · mask · row scale · value
 
 where the mask is area-resized to the addition's resolution and the row scale is 1 on conditional
-rows and `uncond_strength` (0 in "ControlNet is more important") on unconditional ones. Rows whose
-scale is 0 are not computed at all.
+rows and `uncond_strength` (0 in "ControlNet is more important", and always 0 for a model that is
+`cond_only`, such as a shuffle ControlNet) on unconditional ones. Rows whose scale is 0 are not
+computed at all.
 
 Entries whose models share a fusion key (protocol.py: e.g. several control types of one Union
 file) run as one group in one forward of that model; each entry's strength and mask then act inside
@@ -115,7 +116,7 @@ class ControlEntry:
         mode_weights = settings.weights or (1.0,) * len(slots)
         user_weights = self.weights or (1.0,) * len(slots)
         self.slot_weights = tuple(a * b for a, b in zip(mode_weights, user_weights))
-        self.uncond_scale = self.uncond_strength * settings.uncond_multiplier
+        self.uncond_scale = 0.0 if self.model.cond_only else self.uncond_strength * settings.uncond_multiplier
 
     def is_active(self, percent: float | None) -> bool:
         if not self.enabled or self.strength == 0.0:

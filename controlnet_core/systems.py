@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from . import controlnet, controlnext, foreign, t2i_adapter, union
+from .controlnet.loader import pools_by_name
 from .checkpoint_io import read_state_dict, read_tensor_shapes
 from .errors import CheckpointError
 from .identity import Identity
@@ -40,25 +41,34 @@ class System:
 
 
 # Loaders share one signature: (state_dict, name, *, companion, companion_kind, base_unet, variant,
-# dtype, device, operations, compute_dtype). Options a system has no use for are refused, not ignored.
+# global_average_pooling, dtype, device, operations, compute_dtype). Options a system has no use for
+# are refused, not ignored.
 
-def _load_controlnet(state, name, *, companion, companion_kind, base_unet, variant, **options):
+def _load_controlnet(state, name, *, companion, companion_kind, base_unet, variant, global_average_pooling,
+                     **options):
     _refuse_extras(name, "ControlNet", companion=companion, variant=variant)
-    return controlnet.load_controlnet(state, base_unet=base_unet, **options)
+    if global_average_pooling is None:  # the state dict reaches the loader without its file name
+        global_average_pooling = pools_by_name(name)
+    return controlnet.load_controlnet(state, base_unet=base_unet, global_average_pooling=global_average_pooling,
+                                      **options)
 
 
-def _load_t2i(state, name, *, companion, companion_kind, base_unet, variant, **options):
-    _refuse_extras(name, "T2I-Adapter", companion=companion, variant=variant)
+def _load_t2i(state, name, *, companion, companion_kind, base_unet, variant, global_average_pooling, **options):
+    _refuse_extras(name, "T2I-Adapter", companion=companion, variant=variant, base_unet=base_unet,
+                   global_average_pooling=global_average_pooling)
     return t2i_adapter.load_t2i_adapter(state, **options)
 
 
-def _load_controlnext(state, name, *, companion, companion_kind, base_unet, variant, **options):
+def _load_controlnext(state, name, *, companion, companion_kind, base_unet, variant, global_average_pooling,
+                      **options):
+    _refuse_extras(name, "ControlNeXt", base_unet=base_unet, global_average_pooling=global_average_pooling)
     return controlnext.load_controlnext(state, unet_weights=companion, unet_weights_kind=companion_kind,
                                         variant=variant, **options)
 
 
-def _load_union(state, name, *, companion, companion_kind, base_unet, variant, **options):
-    _refuse_extras(name, "Union ControlNet", companion=companion, variant=variant)
+def _load_union(state, name, *, companion, companion_kind, base_unet, variant, global_average_pooling, **options):
+    _refuse_extras(name, "Union ControlNet", companion=companion, variant=variant, base_unet=base_unet,
+                   global_average_pooling=global_average_pooling)
     return union.load_union(state, source=name, **options)
 
 
@@ -68,6 +78,11 @@ def _refuse_extras(name: str, system: str, **given) -> None:
                               "ship UNet weights beside them")
     if given.get("variant") is not None:
         raise CheckpointError(f"{name} is a {system}: `variant` applies to ControlNeXt modules only")
+    if given.get("global_average_pooling") is not None:
+        raise CheckpointError(f"{name} is a {system}: global average pooling applies to ControlNets only (shuffle)")
+    if given.get("base_unet") is not None:
+        raise CheckpointError(f"{name} is a {system}, which is not built from the base model's weights: the base model "
+                              "is for 'diff' ControlNets")
 
 
 SYSTEMS: tuple[System, ...] = (
@@ -129,14 +144,16 @@ def identify(source: Source) -> Identity:
 
 def load_control(source: Source, *, companion: Source | None = None, companion_kind: str = "auto",
                  base_unet: Mapping[str, torch.Tensor] | None = None, variant: str | None = None,
-                 dtype: torch.dtype | None = None, device: str | torch.device = "cpu", operations=default_operations,
+                 global_average_pooling: bool | None = None, dtype: torch.dtype | None = None,
+                 device: str | torch.device = "cpu", operations=default_operations,
                  compute_dtype: torch.dtype | None = None) -> ControlModel:
     """Any control model the pack runs, from a file or state dict.
 
     companion: a ControlNeXt module's UNet weight subset (companion_kind "auto", "delta" or
-    "full"); base_unet: the base UNet's state dict, for diff ControlNets; variant: force a ControlNeXt
-    variant ("sdxl", "sd15", "sd15_old"); dtype: storage dtype (default the file's); operations /
-    compute_dtype: see controlnet_core.ops."""
+    "full"); base_unet: the base UNet's state dict, for diff ControlNets (`identify(...).needs_base_model`);
+    variant: force a ControlNeXt variant ("sdxl", "sd15", "sd15_old"); global_average_pooling: force a
+    ControlNet's pooling (shuffle) on or off, None = by file name; dtype: storage dtype (default the
+    file's); operations / compute_dtype: see controlnet_core.ops."""
     name = _source_name(source)
     state = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
     if not isinstance(state, Mapping) or not state:
@@ -149,7 +166,8 @@ def load_control(source: Source, *, companion: Source | None = None, companion_k
     if system.load is None or not identity.runs_here:
         raise CheckpointError(f"{name} is a {identity.title}, which this pack does not run: {identity.advice}")
     model = system.load(state, name, companion=companion, companion_kind=companion_kind, base_unet=base_unet,
-                        variant=variant, dtype=dtype, device=device, operations=operations,
+                        variant=variant, global_average_pooling=global_average_pooling, dtype=dtype, device=device,
+                        operations=operations,
                         compute_dtype=compute_dtype)
     model.source = name
     return model

@@ -101,24 +101,37 @@ def _file_key(path: str | None) -> tuple | None:
 
 
 def load_file(path: str, display_name: str, companion: str | None = None, companion_kind: str = "auto",
-              progress: Callable[[int], None] | None = None) -> LoadedControl:
+              progress: Callable[[int], None] | None = None, *, global_average_pooling: bool | None = None,
+              base_unet: dict[str, torch.Tensor] | None = None) -> LoadedControl:
     """Load (or reuse) the control in `path` (with a ControlNeXt module's UNet weights in `companion`),
-    stored and computed as the host would for this device."""
+    stored and computed as the host would for this device. global_average_pooling: force a shuffle
+    ControlNet's pooling on or off (None: by file name); base_unet: the base model's UNet weights, for
+    diff ControlNets (a control built from them is not shared through the file cache)."""
     storage_dtype, compute_dtype, operations, load_device = host_operations(None)
-    key = (_file_key(path), _file_key(companion), companion_kind, storage_dtype, compute_dtype)
+    key = (_file_key(path), _file_key(companion), companion_kind, storage_dtype, compute_dtype, global_average_pooling)
     with _CACHE_LOCK:
-        cached = _FILE_CACHE.get(key)
+        cached = _FILE_CACHE.get(key) if base_unet is None else None
         if cached is not None:
             return cached
-        model = load_control(path, companion=companion, companion_kind=companion_kind, dtype=storage_dtype,
+        model = load_control(path, companion=companion, companion_kind=companion_kind, base_unet=base_unet,
+                             global_average_pooling=global_average_pooling, dtype=storage_dtype,
                              device=str(comfy.model_management.unet_offload_device()), operations=operations,
                              compute_dtype=compute_dtype)
         model.source = display_name  # messages name the file as the workflow does
         if progress:
             progress(1)
         loaded = wrap_model(model, display_name, load_device)
-        _FILE_CACHE[key] = loaded
+        if base_unet is None:
+            _FILE_CACHE[key] = loaded
         return loaded
+
+
+def base_unet_weights(model: Any) -> dict[str, torch.Tensor]:
+    """The UNet weights of a MODEL (ModelPatcher) as the host's DiffControlNetLoader reads them: the
+    model is loaded first, so the weight patches on it (LoRAs) are applied, then its state dict is
+    taken (keys `diffusion_model.*`)."""
+    comfy.model_management.load_models_gpu([model])
+    return model.model_state_dict(filter_prefix="diffusion_model.")
 
 
 def from_host_controlnet(control: Any) -> LoadedControl | None:
@@ -127,21 +140,24 @@ def from_host_controlnet(control: Any) -> LoadedControl | None:
 
     Its weights are read from the host module (shared storage, no copy when the dtype matches), so
     results match the host path; a Union ControlNet too (its type, from the host's SetUnionControlNetType,
-    is applied with `host_union_type`). Anything else (Control-LoRA, shuffle ControlNets,
+    is applied with `host_union_type`); a shuffle ControlNet keeps its pooling (and acts on the positive side
+    only, as the original does). Anything else (Control-LoRA,
     Stable Cascade, SD3/Flux/HunyuanDiT nets) returns None and the caller keeps the host object."""
     module, build = None, None
     if type(control) is comfy.controlnet.ControlNet:
         module = getattr(control, "control_model", None)
-        if module is None or control.global_average_pooling or control.latent_format is not None:
+        if module is None or control.latent_format is not None:
             return None
         if type(module).__name__ != "ControlNet":
             return None  # non-UNet families stay on the host path
         dtype = control.manual_cast_dtype or module.dtype
+        pooling = bool(control.global_average_pooling)  # a shuffle ControlNet: pooled, and cond-only here
         if getattr(module, "control_add_embedding", None) is not None:
             build = lambda: load_union(module.state_dict(), dtype=dtype, device="cpu")  # noqa: E731
             label = "Union ControlNet from the host's loader"
         else:
-            build = lambda: load_controlnet(module.state_dict(), dtype=dtype, device="cpu")  # noqa: E731
+            build = lambda: load_controlnet(module.state_dict(), dtype=dtype, device="cpu",  # noqa: E731
+                                            global_average_pooling=pooling)
             label = "ControlNet from the host's loader"
         load_device = control.load_device
     elif type(control) is getattr(comfy.controlnet, "T2IAdapter", None):

@@ -15,11 +15,13 @@ import os
 import comfy.utils
 import folder_paths
 
-from ..controlnet_core import InputError
+from ..controlnet_core import InputError, identify
+from ..controlnet_core.errors import BaseModelRequired
 from ..controlnet_core.fast import SPEED_MODES
 from ..controlnet_core.hint import RESIZE_MODES
 from ..controlnet_core.modes import CONTROL_MODES, MODE_BALANCED
-from .control_object import LoadedControl, PackControl, from_host_controlnet, host_union_type, load_file
+from .control_object import (LoadedControl, PackControl, base_unet_weights, from_host_controlnet, host_union_type,
+                             load_file)
 from .control_units import ControlUnit
 
 KEY_PREFIX = "ControlNetPack_"
@@ -30,6 +32,8 @@ MODELS_FOLDER = "controlnet"
 
 NO_COMPANION = "none"
 COMPANION_KINDS = {"auto": "auto", "deltas": "delta", "full values": "full"}
+# Shuffle ControlNets' global average pooling: by file name (the host's rule), or forced.
+POOLING_CHOICES = {"auto": None, "on": True, "off": False}
 
 STRENGTH = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01,
                       "tooltip": "Multiplier on what this control adds (ControlNet residuals, T2I-Adapter features, "
@@ -176,10 +180,11 @@ def _refuse_reapplied(units: list[ControlUnit], conditioning: list) -> None:
 
 class LoadControlNet:
     DESCRIPTION = ("Loads a control model from ComfyUI's controlnet models folder: a ControlNet (SD1.x, SD2.x, SDXL; "
-                   "original or diffusers layout), a T2I-Adapter (full, XL or light), a ControlNeXt module (with its "
-                   "UNet weights as the optional second file) or a Union ControlNet (xinsir, 6 types or ProMax; pick "
-                   "each entry's type with the host's SetUnionControlNetType node, and entries of one Union file run "
-                   "in one pass). The output is a standard CONTROL_NET: it works with "
+                   "original or diffusers layout; shuffle ControlNets pooled as the original; diff ControlNets with "
+                   "the base model on the optional `model` input), a T2I-Adapter (full, XL or light), a ControlNeXt "
+                   "module (with its UNet weights as the optional second file) or a Union ControlNet (xinsir, 6 types "
+                   "or ProMax; pick each entry's type with the host's SetUnionControlNetType node, and entries of one "
+                   "Union file run in one pass). The output is a standard CONTROL_NET: it works with "
                    "this pack's apply nodes and with the host's own Apply ControlNet. Files the pack does not run "
                    "(Control-LoRA, LLLite, style adapters, SD3/Flux ControlNets) get an error naming the node "
                    "to use instead. Loading the same file twice reuses the weights.")
@@ -205,16 +210,40 @@ class LoadControlNet:
                 "default": "auto",
                 "tooltip": "Whether the ControlNeXt UNet weights are deltas (added to the model's) or full values "
                            "(replacing them). auto reads the file name, then the weights' magnitudes."}),
+            # Added later: optional inputs keep old workflows loading.
+            "global_average_pooling": (list(POOLING_CHOICES), {
+                "default": "auto",
+                "tooltip": "Shuffle ControlNets (control_v11e_sd15_shuffle): every residual is averaged over the "
+                           "image and the control acts on the positive prompt only, as the original does. auto: on "
+                           "when the file name ends in _shuffle or _shuffle_fp16 (the host's rule); on/off force it. "
+                           "ControlNets only."}),
+            "model": ("MODEL", {
+                "tooltip": "diff ControlNets only (diff_control_sd15_*, TemporalNet): the base model whose UNet "
+                           "weights the file's differences are added to, read as the host's DiffControlNetLoader "
+                           "reads them (with the LoRAs applied to this MODEL). Ignored for other files."}),
         }}
 
-    def load(self, control_net_name: str, unet_weights: str = NO_COMPANION, unet_weights_kind: str = "auto"):
+    def load(self, control_net_name: str, unet_weights: str = NO_COMPANION, unet_weights_kind: str = "auto",
+             global_average_pooling: str = "auto", model=None):
         path = resolve_controlnet_path(control_net_name)
         companion = None if unet_weights in (None, "", NO_COMPANION) else resolve_controlnet_path(unet_weights)
         if unet_weights_kind not in COMPANION_KINDS:
             raise InputError(f"unet_weights_kind: expected one of {list(COMPANION_KINDS)}, found {unet_weights_kind!r}")
+        if global_average_pooling not in POOLING_CHOICES:
+            raise InputError(f"global_average_pooling: expected one of {list(POOLING_CHOICES)}, "
+                             f"found {global_average_pooling!r}")
+        base_unet = None
+        if model is not None and identify(path).needs_base_model:
+            base_unet = base_unet_weights(model)
         progress = comfy.utils.ProgressBar(2)
-        loaded = load_file(path, control_net_name, companion, COMPANION_KINDS[unet_weights_kind],
-                           progress=progress.update)
+        try:
+            loaded = load_file(path, control_net_name, companion, COMPANION_KINDS[unet_weights_kind],
+                               progress=progress.update, global_average_pooling=POOLING_CHOICES[global_average_pooling],
+                               base_unet=base_unet)
+        except BaseModelRequired as error:
+            raise InputError(f"{control_net_name} is a 'diff' ControlNet: its weights are differences from a base "
+                             "model's UNet. Connect that model (the checkpoint you sample with, e.g. SD1.5) to this "
+                             "node's `model` input.") from error
         progress.update_absolute(2)
         return (PackControl(source=loaded),)
 

@@ -44,7 +44,7 @@ def test_config_inferred_from_shapes(name):
     assert c.use_linear_projection == kwargs["use_linear_projection"]
     assert (c.adm_in_channels is not None) == cfg.uses_adm
     per_level = kwargs.get("transformer_layers_per_block", (1,) * len(kwargs["block_out_channels"]))
-    expected_depth = [per_level[level] if "CrossAttn" in kwargs["down_block_types"][level] else 0
+    expected_depth = [per_level[level] if "CrossAttn" in kwargs["down_block_types"][level] else -1
                       for level in range(len(per_level)) for _ in range(kwargs["layers_per_block"])]
     assert list(c.transformer_depth) == expected_depth
     assert c.transformer_depth_middle == per_level[-1]

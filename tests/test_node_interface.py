@@ -18,7 +18,7 @@ import pytest
 from comfy_stub import import_nodes, import_preprocessor_nodes
 
 SNAPSHOT = Path(__file__).parent / "node_interface_snapshot.json"
-CONNECTION_TYPES = {"CONDITIONING", "CONTROL_NET", "IMAGE", "MASK", "CONTROLNET_PACK_STACK"}
+CONNECTION_TYPES = {"CONDITIONING", "CONTROL_NET", "IMAGE", "MASK", "MODEL", "CONTROLNET_PACK_STACK"}
 # Combos listing a models folder: input name -> how many fixed leading values precede the files.
 FILE_LIST_INPUTS = {"control_net_name": 0, "unet_weights": 1}
 

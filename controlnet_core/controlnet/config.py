@@ -3,6 +3,11 @@
 The loader infers it from tensor shapes (see formats/infer.py); any field can be overridden.
 Head counts are the one thing shapes cannot tell: SD1.x uses 8 heads per attention layer, SD2.x
 and SDXL use 64 channels per head. `family` records which convention applies.
+
+Transformer depths (per res block, and in the middle): n ≥ 1 blocks; 0 is a transformer *shell*
+without blocks, which diffusers builds for a cross-attention level of depth 0 (SDXL's "mid" and
+"small" ControlNets): its norm, proj_in and proj_out still run, so it is not the identity; -1 is no
+transformer at all.
 """
 from __future__ import annotations
 
@@ -20,8 +25,9 @@ class ControlNetConfig:
     hint_channels: int = 3
     channel_mult: tuple[int, ...] = (1, 2, 4, 4)
     num_res_blocks: tuple[int, ...] = (2, 2, 2, 2)
-    # One entry per res block of the encoder, level by level (len == sum(num_res_blocks)).
-    transformer_depth: tuple[int, ...] = (1, 1, 1, 1, 1, 1, 0, 0)
+    # One entry per res block of the encoder, level by level (len == sum(num_res_blocks)): the number of
+    # transformer blocks, 0 = a transformer shell without blocks, -1 = no transformer.
+    transformer_depth: tuple[int, ...] = (1, 1, 1, 1, 1, 1, -1, -1)
     # Transformer blocks in the middle block; 0 = transformer shell without blocks, -1 = none at all.
     transformer_depth_middle: int = 1
     context_dim: int = 768
@@ -31,11 +37,20 @@ class ControlNetConfig:
     num_head_channels: int | None = None
     adm_in_channels: int | None = None
     norm_groups: int = 32
+    # Output channels of the hint block's stages (diffusers' conditioning_embedding_out_channels): a conv
+    # at each width, then a stride-2 conv to the next, so the hint is 2^(stages - 1) times the latent.
+    hint_block_channels: tuple[int, ...] = (16, 32, 96, 256)
+    # Shuffle ControlNets: every residual is averaged over its height and width, and the control acts on
+    # the conditional side only (the host's name for the flag).
+    global_average_pooling: bool = False
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(self.channel_mult)
         self.num_res_blocks = tuple(self.num_res_blocks)
         self.transformer_depth = tuple(self.transformer_depth)
+        self.hint_block_channels = tuple(self.hint_block_channels)
+        if not self.hint_block_channels:
+            raise ValueError("ControlNetConfig.hint_block_channels: expected at least one stage")
         if self.family not in FAMILIES:
             raise ValueError(f"ControlNetConfig.family: expected one of {FAMILIES}, found {self.family!r}")
         if len(self.num_res_blocks) != len(self.channel_mult):
@@ -48,6 +63,9 @@ class ControlNetConfig:
                 f"ControlNetConfig.transformer_depth: expected {sum(self.num_res_blocks)} entries (one per res block), "
                 f"found {len(self.transformer_depth)}"
             )
+        if any(d < -1 for d in (*self.transformer_depth, self.transformer_depth_middle)):
+            raise ValueError(f"ControlNetConfig: transformer depths are ≥ 0 blocks or -1 (no transformer), found "
+                             f"{self.transformer_depth} and middle {self.transformer_depth_middle}")
         if (self.num_heads is None) == (self.num_head_channels is None):
             raise ValueError("ControlNetConfig: set exactly one of num_heads and num_head_channels")
 
@@ -60,6 +78,11 @@ class ControlNetConfig:
         if channels % self.num_head_channels:
             raise ValueError(f"{channels} attention channels do not split into heads of {self.num_head_channels}")
         return channels // self.num_head_channels, self.num_head_channels
+
+    @property
+    def hint_downscale(self) -> int:
+        """How many times the latent size the hint is (8 for every released ControlNet)."""
+        return 2 ** (len(self.hint_block_channels) - 1)
 
     @property
     def num_down_residuals(self) -> int:

@@ -19,11 +19,9 @@ from .config import ControlNetConfig
 from ..identity import Identity
 from .formats import (apply_difference, detect_layout, infer_config, is_controlnet, strip_to_control_keys,
                       unet_encoder_from_checkpoint)
-from .model import HINT_BLOCK_CONVS, ControlNetModel
+from .model import ControlNetModel, hint_block_convs
 
 StateDictSource = str | os.PathLike | Mapping[str, torch.Tensor]
-# The last input_hint_block conv: index of the eighth conv once SiLUs sit between them.
-LAST_HINT_CONV = 2 * (len(HINT_BLOCK_CONVS) - 1)
 # Parts a ControlNet has and its base UNet does not.
 CONTROLNET_ONLY_PREFIXES = ("zero_convs.", "middle_block_out.", "input_hint_block.")
 
@@ -69,17 +67,29 @@ def _source_name(source: StateDictSource) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
 
 
+SHUFFLE_SUFFIXES = ("_shuffle", "_shuffle_fp16")
+
+
+def pools_by_name(source: str) -> bool:
+    """Shuffle ControlNets (control_v11e_sd15_shuffle) are recognised by file name, as the host does: the
+    name without its extension ends in _shuffle or _shuffle_fp16. Nothing in the weights tells them apart."""
+    return os.path.splitext(os.path.basename(str(source)))[0].endswith(SHUFFLE_SUFFIXES)
+
+
 def load_controlnet(source: StateDictSource, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
                     overrides: Mapping[str, object] | None = None,
                     base_unet: Mapping[str, torch.Tensor] | None = None, operations=default_operations,
-                    compute_dtype: torch.dtype | None = None) -> ControlNetModel:
+                    compute_dtype: torch.dtype | None = None,
+                    global_average_pooling: bool | None = None) -> ControlNetModel:
     """A ControlNetModel from a checkpoint file (.safetensors, or .pth/.ckpt/.bin read with
     weights_only=True) or a state dict, in original or diffusers layout.
 
     dtype: the weights' storage dtype; default keeps the file's. overrides: ControlNetConfig fields to
     force (e.g. num_heads for an unusual model). base_unet: UNet state dict, needed by "diff"
     ControlNets. operations / compute_dtype: layer classes (controlnet_core.ops) and the dtype they
-    compute in, when it differs from the storage dtype (the host's casting ops).
+    compute in, when it differs from the storage dtype (the host's casting ops). global_average_pooling:
+    average every residual over height and width and control the conditional side only (shuffle
+    ControlNets); None decides by the file name (`pools_by_name`).
     """
     name = _source_name(source)
     state_dict = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
@@ -90,6 +100,9 @@ def load_controlnet(source: StateDictSource, *, dtype: torch.dtype | None = None
     if info.diff:
         control = apply_difference(control, base_unet, name)
     config = infer_config({k: tuple(v.shape) for k, v in control.items()}, name, overrides)
+    if global_average_pooling is None:
+        global_average_pooling = config.global_average_pooling or pools_by_name(name)
+    config = config.replace(global_average_pooling=bool(global_average_pooling))
     model = build_from_state_dict(control, config, source=name, dtype=dtype, device=device, operations=operations,
                                   compute_dtype=compute_dtype)
     model.source = name
@@ -103,7 +116,10 @@ def from_unet(unet_state_dict: Mapping[str, torch.Tensor], *, hint_channels: int
     nothing and the UNet's output is unchanged. Other hint convs get PyTorch's default init."""
     encoder = unet_encoder_from_checkpoint(unet_state_dict)
     shapes = {k: tuple(v.shape) for k, v in encoder.items()}
-    shapes["input_hint_block.0.weight"] = (16, hint_channels, 3, 3)
+    model_channels = shapes["input_blocks.0.0.weight"][0]
+    for index, (conv_in, conv_out, _) in enumerate(hint_block_convs(hint_channels, ControlNetConfig.hint_block_channels,
+                                                                    model_channels)):
+        shapes[f"input_hint_block.{2 * index}.weight"] = (conv_out, conv_in, 3, 3)
     config = infer_config(shapes, "base UNet", overrides)
     dtype = dominant_float_dtype(encoder)
     model = ControlNetModel(config, dtype=dtype)
@@ -115,7 +131,7 @@ def from_unet(unet_state_dict: Mapping[str, torch.Tensor], *, hint_channels: int
                               f"unexpected {loaded.unexpected_keys[:4]}")
     with torch.no_grad():
         zero_layers = [conv[0] for conv in model.zero_convs] + [model.middle_block_out[0],
-                                                                model.input_hint_block[LAST_HINT_CONV]]
+                                                                model.input_hint_block[-1]]
         for layer in zero_layers:
             layer.weight.zero_()
             layer.bias.zero_()
@@ -138,4 +154,8 @@ def detect(shapes: Mapping[str, tuple[int, ...]], source: str) -> Identity | Non
                "skips": ", ".join(residuals[:-1]), "middle": residuals[-1]}
     if info.diff:
         details["needs"] = "the base model's UNet (its weights are deltas on it)"
-    return Identity("ControlNet", "diff" if info.diff else config.family, layout, config.family, details=details)
+    if pools_by_name(source):
+        details["global average pooling"] = ("on (a shuffle ControlNet, by its file name): control on the positive "
+                                             "side only")
+    return Identity("ControlNet", "diff" if info.diff else config.family, layout, config.family, details=details,
+                    needs_base_model=info.diff)

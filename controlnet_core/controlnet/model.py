@@ -4,8 +4,8 @@ A trainable copy of the UNet encoder reads the latent plus an embedded hint imag
 encoder block a zero-initialised 1×1 conv ("zero conv") turns its features into the residual for
 the matching UNet skip connection, and `middle_block_out` does the same for the middle block.
 
-Shapes for a latent x of B×4×h×w:
-  hint            B×hint_channels×8h×8w, values in [0, 1]
+Shapes for a latent x of B×4×h×w (f = config.hint_downscale, 8 for every released model):
+  hint            B×hint_channels×fh×fw, values in [0, 1]
   hint embedding  B×model_channels×h×w (input_hint_block output; depends only on the hint)
   down residuals  config.num_down_residuals tensors, residual i is B×C_i×(h/f_i)×(w/f_i)
   mid residual    B×C_mid×(h/f)×(w/f)
@@ -24,11 +24,17 @@ from ..ops import default_operations, with_gemm_convs
 from ..protocol import Addition, ControlModel, HintSpec, Target, UNetCall, UNetLayout, family_name, take_frames
 from .config import ControlNetConfig
 
-# input_hint_block: (in, out, stride) of its eight 3×3 convs; SiLU sits between them, so the convs
-# are at even indices 0, 2, …, 14 and the last one (index 14) starts at zero.
-HINT_BLOCK_CONVS = ((None, 16, 1), (16, 16, 1), (16, 32, 2), (32, 32, 1), (32, 96, 2), (96, 96, 1),
-                    (96, 256, 2), (256, None, 1))
-HINT_DOWNSCALE = 8
+
+
+def hint_block_convs(hint_channels: int, stages: tuple[int, ...], model_channels: int) -> list[tuple[int, int, int]]:
+    """(in, out, stride) of the input_hint_block's 3×3 convs: one into the first stage, then per stage a
+    conv at its width and a stride-2 conv into the next, then one out to the model's width. SiLU sits
+    between them, so the convs are at even indices and the last one (zero at initialisation) at
+    2·(len − 1). The released stages (16, 32, 96, 256) give the original eight convs."""
+    convs = [(hint_channels, stages[0], 1)]
+    for width, following in zip(stages, stages[1:]):
+        convs += [(width, width, 1), (width, following, 2)]
+    return convs + [(stages[-1], model_channels, 1)]
 
 
 class Residuals(NamedTuple):
@@ -70,11 +76,10 @@ class ControlNetModel(ControlModel):
                 ops.Linear(config.adm_in_channels, time_dim, **kw), nn.SiLU(), ops.Linear(time_dim, time_dim, **kw)))
 
         hint_layers: list[nn.Module] = []
-        for conv_in, conv_out, stride in HINT_BLOCK_CONVS:
+        for conv_in, conv_out, stride in hint_block_convs(config.hint_channels, config.hint_block_channels, ch):
             if hint_layers:
                 hint_layers.append(nn.SiLU())
-            hint_layers.append(ops.Conv2d(conv_in or config.hint_channels, conv_out or ch, 3, stride=stride,
-                                          padding=1, **kw))
+            hint_layers.append(ops.Conv2d(conv_in, conv_out, 3, stride=stride, padding=1, **kw))
         self.input_hint_block = nn.Sequential(*hint_layers)
 
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(ops.Conv2d(config.in_channels, ch, 3, padding=1, **kw))])
@@ -86,7 +91,7 @@ class ControlNetModel(ControlModel):
                 layers: list[nn.Module] = [ResBlock(ch, time_dim, out_ch, groups=groups, **block_kw)]
                 ch = out_ch
                 depth = depths.pop(0)
-                if depth > 0:
+                if depth >= 0:  # 0: a shell (norm, proj_in, proj_out) without transformer blocks
                     heads, dim_head = config.heads_for(ch)
                     layers.append(SpatialTransformer(ch, heads, dim_head, depth, config.context_dim,
                                                      config.use_linear_projection, groups=groups, **block_kw))
@@ -122,9 +127,21 @@ class ControlNetModel(ControlModel):
     def soft_weights(self) -> tuple[float, ...]:
         return controlnet_soft_weights(self.config.num_down_residuals + 1)
 
+    @property
+    def cond_only(self) -> bool:
+        # Shuffle ControlNets were trained with control on the conditional side only (the original's
+        # gradio_shuffle.py passes no hint with the unconditional prompt; diffusers forces guess mode).
+        return self.config.global_average_pooling
+
+    @property
+    def variant(self) -> str:
+        pooled = ", global average pooling (shuffle)" if self.config.global_average_pooling else ""
+        return f"ControlNet ({family_name(self.config.family)}{pooled})"
+
     # ---- the control-system protocol ---------------------------------------------------------------
     def hint_spec(self, latent_height: int, latent_width: int) -> HintSpec:
-        return HintSpec(latent_height * HINT_DOWNSCALE, latent_width * HINT_DOWNSCALE, self.config.hint_channels)
+        scale = self.config.hint_downscale
+        return HintSpec(latent_height * scale, latent_width * scale, self.config.hint_channels)
 
     def prepare(self, hint: torch.Tensor) -> torch.Tensor:
         return self.embed_hint(hint)
@@ -133,6 +150,11 @@ class ControlNetModel(ControlModel):
         # Timesteps in the model's dtype, as the host's ControlNet receives them.
         result = self(call.x, None, call.timesteps.to(self.dtype), call.context, call.y,
                       hint_embedding=take_frames(prepared, frames))
+        if self.config.global_average_pooling:
+            # The original averages every residual over height and width and adds it everywhere (ControlLDM.
+            # apply_model in ControlNet-v1-1-nightly); expanded back to full size (a view) so masks act per pixel.
+            result = Residuals([r.mean(dim=(2, 3), keepdim=True).expand_as(r) for r in result.down],
+                               result.mid.mean(dim=(2, 3), keepdim=True).expand_as(result.mid))
         return residual_additions(result)
 
     def check_fits(self, layout: UNetLayout) -> None:
@@ -152,12 +174,13 @@ class ControlNetModel(ControlModel):
                                   f". Use a ControlNet trained for {family_name(layout.family)}.")
 
     def embed_hint(self, hint: torch.Tensor) -> torch.Tensor:
-        """input_hint_block(hint): B×hint_channels×H×W → B×model_channels×H/8×W/8."""
+        """input_hint_block(hint): B×hint_channels×H×W → B×model_channels×H/f×W/f (f = hint_downscale, 8)."""
+        scale = self.config.hint_downscale
         if hint.ndim != 4 or hint.shape[1] != self.config.hint_channels:
             raise InputError(f"ControlNet hint: expected B×{self.config.hint_channels}×H×W, found {tuple(hint.shape)}")
-        if hint.shape[2] % HINT_DOWNSCALE or hint.shape[3] % HINT_DOWNSCALE:
-            raise InputError(f"ControlNet hint: height and width must be multiples of {HINT_DOWNSCALE} "
-                             f"(8× the latent), found {tuple(hint.shape[2:])}")
+        if hint.shape[2] % scale or hint.shape[3] % scale:
+            raise InputError(f"ControlNet hint: height and width must be multiples of {scale} "
+                             f"({scale}× the latent), found {tuple(hint.shape[2:])}")
         return self.input_hint_block(hint.to(self.dtype))
 
     def check_inputs(self, x: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None) -> None:

@@ -1,9 +1,10 @@
 """Inferring a ControlNetConfig from the tensor shapes of an original-layout state dict.
 
 Everything but the head count is in the shapes: channels from the convs, levels
-from where the downsamplers sit, transformer depth by counting blocks, projection kind from the
-rank of proj_in, context width from attn2.to_k. The family decides the heads: SD1.x 8 heads,
-SD2.x and SDXL 64 channels per head.
+from where the downsamplers sit, transformer depth by counting blocks (a proj_in without blocks is
+a depth-0 shell), projection kind from the rank of proj_in, context width from attn2.to_k, the hint
+block's stages from its convs. The family decides the heads: SD1.x 8 heads, SD2.x and SDXL 64
+channels per head.
 """
 from __future__ import annotations
 
@@ -29,12 +30,25 @@ def _count_transformer_blocks(keys: list[str], prefix: str) -> int:
     return len({m.group(1) for k in keys if (m := pattern.match(k))})
 
 
+def _hint_block_stages(shapes: Mapping[str, tuple[int, ...]], source: str) -> tuple[int, ...]:
+    """The hint block's stage widths: its convs sit at even indices 0, 2, … (SiLU between), a stage is a
+    conv at the stage's width followed by a stride-2 conv into the next; the last conv leaves for the model."""
+    convs = []
+    while f"input_hint_block.{2 * len(convs)}.weight" in shapes:
+        convs.append(shapes[f"input_hint_block.{2 * len(convs)}.weight"])
+    if len(convs) < 2 or len(convs) % 2:
+        raise CheckpointError(f"{source}: the hint block has {len(convs)} convs (input_hint_block.0, .2, …); "
+                              "expected an even number of at least 2 (8 in the released ControlNets)")
+    return tuple(int(convs[i][0]) for i in range(0, len(convs) - 1, 2))
+
+
 def infer_config(shapes: Mapping[str, tuple[int, ...]], source: str = "state dict",
                  overrides: Mapping[str, object] | None = None) -> ControlNetConfig:
     """ControlNetConfig for an original-layout ControlNet given key → shape."""
     keys = list(shapes)
     model_channels, in_channels = _shape(shapes, "input_blocks.0.0.weight", source)[:2]
     hint_channels = _shape(shapes, "input_hint_block.0.weight", source)[1]
+    hint_stages = _hint_block_stages(shapes, source)
 
     block_ids = sorted({int(m.group(1)) for k in keys for m in [_BLOCK_INDEX.match(k)] if m})
     if block_ids != list(range(len(block_ids))):
@@ -57,7 +71,7 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], source: str = "state dic
             channel_mult.append(out_channels // model_channels)
         res_in_level += 1
         has_transformer = prefix + "1.proj_in.weight" in shapes
-        transformer_depth.append(_count_transformer_blocks(keys, prefix + "1.") if has_transformer else 0)
+        transformer_depth.append(_count_transformer_blocks(keys, prefix + "1.") if has_transformer else -1)
     num_res_blocks.append(res_in_level)
     if len(num_res_blocks) != len(channel_mult):
         raise CheckpointError(f"{source}: could not read the encoder levels (res blocks {num_res_blocks}, "
@@ -90,7 +104,8 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], source: str = "state dic
         family=family, in_channels=in_channels, model_channels=model_channels, hint_channels=hint_channels,
         channel_mult=tuple(channel_mult), num_res_blocks=tuple(num_res_blocks),
         transformer_depth=tuple(transformer_depth), transformer_depth_middle=depth_middle,
-        context_dim=context_dim, use_linear_projection=use_linear, adm_in_channels=adm, **heads)
+        context_dim=context_dim, use_linear_projection=use_linear, adm_in_channels=adm, hint_block_channels=hint_stages,
+        **heads)
     if overrides:
         try:
             config = config.replace(**dict(overrides))

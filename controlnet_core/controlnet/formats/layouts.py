@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...errors import CheckpointError
+from ...errors import BaseModelRequired, CheckpointError
 
 LDM_PREFIX = "control_model."
 LDM_MARKER = "zero_convs.0.0.weight"
@@ -78,9 +78,10 @@ def unet_encoder_from_checkpoint(unet_state_dict: Mapping[str, torch.Tensor], so
 
 def apply_difference(control: dict[str, torch.Tensor], base_unet: Mapping[str, torch.Tensor] | None,
                      source: str) -> dict[str, torch.Tensor]:
-    """A diff ControlNet's encoder = base UNet encoder + stored delta."""
+    """A diff ControlNet's encoder = base UNet encoder + stored delta, summed in the delta's dtype on its
+    device (as the host's loader does: the file's fp16 deltas give an fp16 sum)."""
     if base_unet is None:
-        raise CheckpointError(f"{source} is a 'diff' ControlNet: its weights are differences from a base UNet, so it "
+        raise BaseModelRequired(f"{source} is a 'diff' ControlNet: its weights are differences from a base UNet, so it "
                               f"needs that model's weights (pass base_unet=..., or in ComfyUI load it with a model)")
     base = unet_encoder_from_checkpoint(base_unet)
     out = dict(control)
@@ -91,5 +92,5 @@ def apply_difference(control: dict[str, torch.Tensor], base_unet: Mapping[str, t
             if base[key].shape != delta.shape:
                 raise CheckpointError(f"{source}: diff ControlNet key {key!r} is {tuple(delta.shape)} but the base UNet's "
                                       f"is {tuple(base[key].shape)}: the base model is of another family")
-            out[key] = delta + base[key].to(delta.dtype)
+            out[key] = delta + base[key].to(device=delta.device, dtype=delta.dtype)
     return out
