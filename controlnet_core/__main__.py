@@ -1,4 +1,5 @@
-"""`python -m controlnet_core inspect FILE…`: what a ControlNet file is, without loading its weights."""
+"""`python -m controlnet_core inspect FILE…`: what a ControlNet file is, without loading its weights.
+`python -m controlnet_core train …`: train a ControlNet from a base checkpoint (see train/cli.py)."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,7 @@ import sys
 
 from .errors import ControlNetError
 from .loader import describe
+from .train import cli as train_cli
 
 
 def _format(info: dict) -> str:
@@ -34,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     inspect = commands.add_parser("inspect", help="print family, layout, hint channels, residuals, parameters, dtype")
     inspect.add_argument("files", nargs="+")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    train_cli.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "train":
+        return _train(args)
 
     status = 0
     for path in args.files:
@@ -48,6 +53,18 @@ def main(argv: list[str] | None = None) -> int:
         if len(args.files) > 1 and not args.json:
             print()
     return status
+
+
+def _train(args) -> int:
+    try:
+        return train_cli.run(args)
+    except (ControlNetError, FileNotFoundError, ImportError) as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("train: interrupted; nothing was written to the output. Continue with --resume "
+              "(from the last checkpoint in the work folder).", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
