@@ -14,15 +14,20 @@ NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 HOST_UNAVAILABLE_REASON: str | None = None
 WEB_DIRECTORY = "./web"
 
-try:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
-except ImportError as exc:
-    missing = (exc.name or "").split(".")[0]
-    if missing not in _HOST_MODULES:
-        raise  # a real bug in the pack: never hide it behind "no host"
-    HOST_UNAVAILABLE_REASON = (
-        f"ComfyUI is not importable here (no module {exc.name!r}), so no nodes are registered. "
-        "controlnet_core and annotators work without it."
-    )
+if not __package__:
+    # Imported as a plain module, not as a package: pytest does this when the clone's folder name is
+    # not a Python identifier (e.g. "controlnet-pack"). The host always imports it as a package.
+    HOST_UNAVAILABLE_REASON = "the pack was imported as a plain module (not a package), so no nodes are registered."
+else:
+    try:
+        from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
+    except ImportError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in _HOST_MODULES:
+            raise  # a real bug in the pack: never hide it behind "no host"
+        HOST_UNAVAILABLE_REASON = (
+            f"ComfyUI is not importable here (no module {exc.name!r}), so no nodes are registered. "
+            "controlnet_core and annotators work without it."
+        )
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
