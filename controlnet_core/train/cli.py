@@ -155,7 +155,7 @@ def run(args: argparse.Namespace, *, overrides: dict | None = None) -> int:
                          ldm_names=components.ldm_names, device=device, dtype=unet_dtype)
     if args.unlock_decoder:
         base.check_can_save_unet()
-    control = TrainableControlNet.from_base(base, overrides=overrides)
+    control = TrainableControlNet.from_base(base, overrides=overrides, seed=config.seed)
     update, close = _progress_bar(config.steps, "training", "step")
     try:
         result = train(control, base, data, config, work_dir=work_dir, resume=args.resume, data_signature=signature,

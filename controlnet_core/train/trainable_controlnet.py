@@ -35,11 +35,14 @@ class TrainableControlNet(TrainableControl):
         self._checkpointing = False
 
     @classmethod
-    def from_base(cls, base: FrozenBase, *, hint_channels: int = 3,
-                  overrides: Mapping[str, object] | None = None) -> "TrainableControlNet":
+    def from_base(cls, base: FrozenBase, *, hint_channels: int = 3, overrides: Mapping[str, object] | None = None,
+                  seed: int = 0) -> "TrainableControlNet":
         """The paper's initialisation: encoder copied from the base UNet, zero convs and the last
-        hint conv at zero (controlnet_core.from_unet)."""
-        return cls(from_unet(base.unet_state_dict(), hint_channels=hint_channels, overrides=overrides))
+        hint conv at zero (controlnet_core.from_unet). The other hint convs get PyTorch's default
+        random init, drawn from `seed` so a run is reproducible."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(from_unet(base.unet_state_dict(), hint_channels=hint_channels, overrides=overrides))
 
     @property
     def config(self):
