@@ -32,8 +32,6 @@ KEY_PREFIX = "ControlNetPack_"
 CATEGORY = "conditioning/controlnet pack/training"
 MODELS_FOLDER = "controlnet"
 PREDICTION_TYPES = {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}
-# The ldm UNet's decoder: the only weights the loss's gradient passes through on its way to the control.
-DECODER_PREFIXES = ("output_blocks.", "out.")
 MAX_TOKENS = 77
 SAFE_NAME = re.compile(r"^[\w\- .]+$")
 ENCODE_BATCH = 4
@@ -110,8 +108,14 @@ class HostUNetBase(FrozenBase):
         self.schedule = NoiseSchedule.from_sigmas(sigmas, PREDICTION_TYPES[model_type])
         self.family = unet_family(self.unet)
         self.device = torch.device(patcher.load_device)
+        # The host leaves requires_grad on (it never needs gradients); off, autograd records nothing in the
+        # frozen UNet but the path from the control's residuals to the loss. (The host's own LoRA trainer
+        # does the same.)
+        self.unet.requires_grad_(False)
+        decoder = {id(p) for part in (self.unet.output_blocks, getattr(self.unet, "out", None)) if part is not None
+                   for p in part.parameters()}
         self.decoder_copies = {name: p.detach().clone() for name, p in self.unet.named_parameters()
-                               if name.startswith(DECODER_PREFIXES) and p.is_inference()}
+                               if id(p) in decoder and p.is_inference()}
 
     def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, text: TextCondition,
                 signal: ControlSignal | None) -> torch.Tensor:

@@ -36,11 +36,19 @@ class HostStyleUNet:
     def output_blocks(self):
         return self.up_blocks
 
+    @property
+    def out(self):
+        return torch.nn.ModuleList([self.conv_norm_out, self.conv_out])
+
 
 def host_model(seed: int = 1):
+    """Built under inference mode, as the host loads models while executing a prompt: every weight is an
+    inference tensor with requires_grad left on, which autograd refuses to save for backward."""
     from diffusers import DDPMScheduler
 
-    unet = make_diffusers_unet("sd1", seed=seed)
+    with torch.inference_mode():
+        unet = make_diffusers_unet("sd1", seed=seed)
+    assert all(p.is_inference() and p.requires_grad for p in unet.parameters())
     unet.__class__ = type("HostUNet", (HostStyleUNet, type(unet)), {})
     unet.in_channels, unet.channel_mult = 4, (1, 2, 2)
     alphas = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod

@@ -131,7 +131,7 @@ def read_image(path: Path, mode: str = "RGB") -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            return np.asarray(image.convert(mode))
+            return np.array(image.convert(mode))
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"image {path} is not readable (corrupt, truncated or not an image): {exc}") from None
 

@@ -14,17 +14,17 @@ from .interfaces import ControlSignal, FrozenBase, TextCondition, TrainableContr
 from .output import save_safetensors
 
 
-def _checkpointed(block: torch.nn.Module) -> None:
-    """Recompute `block` in backward (gradient checkpointing) without touching the model class:
-    the instance's forward is wrapped, parameter names stay the same."""
-    original = block.forward
+def checkpoint_module(module: torch.nn.Module) -> None:
+    """Recompute `module` in backward (gradient checkpointing) without touching its class: the
+    instance's forward is wrapped, parameter names stay the same. Only while training with grad."""
+    original = module.forward
 
-    def forward(*args):
-        if torch.is_grad_enabled() and block.training:
-            return checkpoint(original, *args, use_reentrant=False)
-        return original(*args)
+    def forward(*args, **kwargs):
+        if torch.is_grad_enabled() and module.training:
+            return checkpoint(original, *args, use_reentrant=False, **kwargs)
+        return original(*args, **kwargs)
 
-    block.forward = forward
+    module.forward = forward
 
 
 class TrainableControlNet(TrainableControl):
@@ -83,5 +83,5 @@ class TrainableControlNet(TrainableControl):
     def enable_gradient_checkpointing(self) -> None:
         if not self._checkpointing:
             for block in [*self.model.input_blocks, self.model.middle_block]:
-                _checkpointed(block)
+                checkpoint_module(block)
             self._checkpointing = True
