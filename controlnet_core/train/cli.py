@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ControlNetError
+from ._core import ControlNetError
 from .cache import EncodedDataset, HintStore, encode_dataset
 from .dataset import fingerprint, scan_dataset
 from .loop import GRADIENT_CHECKPOINTING, MIXED_PRECISION, TrainConfig, checkpoints_in, resolve_precision, train

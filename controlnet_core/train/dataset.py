@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ._core import InputError
 
 IMAGE_FOLDERS = ("images", "target")
 CONDITIONING_FOLDERS = ("conditioning", "source", "control")

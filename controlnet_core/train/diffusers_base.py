@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-from ..models.blocks import timestep_embedding
+from ._core import timestep_embedding
 from .interfaces import ControlSignal, FrozenBase, TextCondition
 from .output import save_safetensors
 from .schedule import NoiseSchedule

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from ._core import InputError
 from .cache import EncodedDataset
 from .interfaces import FrozenBase, TextCondition, TrainableControl
 

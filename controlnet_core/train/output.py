@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ._core import InputError
 
 OUTPUT_SUFFIX = ".safetensors"
 

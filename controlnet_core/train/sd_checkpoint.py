@@ -23,11 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint_io import read_state_dict, read_tensor_shapes
-from ..config import ControlNetConfig
-from ..errors import CheckpointError, InputError
-from ..formats import infer_config
-from ..formats.layouts import UNET_ENCODER_PREFIXES
+from ._core import (UNET_ENCODER_PREFIXES, CheckpointError, ControlNetConfig, InputError, infer_config,
+                    read_state_dict, read_tensor_shapes)
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."

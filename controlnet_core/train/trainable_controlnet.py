@@ -7,9 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import InputError
-from ..loader import from_unet
-from ..models.controlnet import ControlNetModel
+from ._core import ControlNetModel, InputError, from_unet
 from .interfaces import ControlSignal, FrozenBase, TextCondition, TrainableControl
 from .output import save_safetensors
 
