@@ -238,3 +238,18 @@ def test_prompt_dropout_replaces_captions_with_the_empty_prompt():
     for row in range(4):
         expected = data.context[0] if dropped[row] else data.context[data.caption_index[row]]
         assert torch.equal(text.context[row], expected)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_and_checkpointing_run(precision):
+    """The GPU settings (autocast, loss scaling for fp16, gradient checkpointing) exercised on the CPU,
+    where autocast also exists: no GPU is available to these tests."""
+    data = random_dataset("sd1", count=2)
+    base = base_for("sd1")
+    control = fresh_control(base, "sd1")
+    result = train(control, base, data, TrainConfig(steps=2, batch_size=2, learning_rate=1e-3, mixed_precision=precision,
+                                                    gradient_checkpointing="on"))
+    assert result.precision == precision and result.gradient_checkpointing
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert all(p.dtype == torch.float32 for p in control.parameters())  # full-precision master weights
+    assert torch.count_nonzero(control.model.zero_convs[0][0].weight) > 0
