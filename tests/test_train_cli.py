@@ -145,8 +145,10 @@ def test_train_command_writes_a_controlnet_the_pack_and_diffusers_load(files, tm
 
 
 def test_sdxl_checkpoint_trains_an_sdxl_controlnet(files, tmp_path):
+    """Also the GPU path's settings, on the CPU: the frozen UNet held in bf16 under autocast."""
     output = tmp_path / "sdxl.safetensors"
-    assert run_train(args_for(files, output, "--steps", "1", base="sdxl"), tiny_config("sdxl").overrides) == 0
+    argv = args_for(files, output, "--steps", "1", "--mixed-precision", "bf16", base="sdxl")
+    assert run_train(argv, tiny_config("sdxl").overrides) == 0
     assert controlnet_core.describe(output)["family"] == "sdxl"
 
 

@@ -149,13 +149,15 @@ def run(args: argparse.Namespace, *, overrides: dict | None = None) -> int:
     components.vae = None
     components.text_encoders = []
 
-    precision_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    unet_dtype = precision_dtype.get(resolve_precision(config.mixed_precision, device), torch.float32)
     base = DiffusersBase(components.unet, info.family, NoiseSchedule.stable_diffusion(prediction),
-                         ldm_names=components.ldm_names, device=device, dtype=unet_dtype)
-    if args.unlock_decoder:
-        base.check_can_save_unet()
+                         ldm_names=components.ldm_names, device=device)
     control = TrainableControlNet.from_base(base, overrides=overrides, seed=config.seed)
+    if args.unlock_decoder:
+        base.check_can_save_unet()  # the decoder trains: the UNet stays in full precision
+    else:
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(config.mixed_precision, device))
+        if half is not None:
+            base.cast(half)
     update, close = _progress_bar(config.steps, "training", "step")
     try:
         result = train(control, base, data, config, work_dir=work_dir, resume=args.resume, data_signature=signature,

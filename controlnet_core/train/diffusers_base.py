@@ -33,14 +33,17 @@ class DiffusersBase(FrozenBase):
     """diffusers' UNet2DConditionModel, frozen."""
 
     def __init__(self, unet, family: str, schedule: NoiseSchedule, *, ldm_names: Mapping[str, str] | None = None,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
-        unet = unet.to(device)
-        if unet.dtype != dtype:
-            unet = unet.to(dtype=dtype)
-        self.unet = unet.eval().requires_grad_(False)
+                 device: str | torch.device = "cpu") -> None:
+        self.unet = unet.to(device).eval().requires_grad_(False)
         self.family, self.schedule = family, schedule
         self.device = torch.device(device)
         self.ldm_names = dict(ldm_names or {})
+
+    def cast(self, dtype: torch.dtype) -> None:
+        """Hold the frozen UNet in `dtype` (half precision on a GPU). Build the ControlNet copy first:
+        it should start from the full-precision weights."""
+        if self.unet.dtype != dtype:
+            self.unet.to(dtype=dtype)
 
     def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, text: TextCondition,
                 signal: ControlSignal | None) -> torch.Tensor:
