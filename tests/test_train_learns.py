@@ -78,5 +78,7 @@ def test_controlnet_learns_to_put_the_square_where_the_control_says():
               f"IoU without {without:.3f}, with {with_control:.3f}; training loss first/last 20 "
               f"{sum(result.losses[:20]) / 20:.4f}/{sum(result.losses[-20:]) / 20:.4f}")
     print(report)
-    assert trained_loss < 0.85 * base_loss, report
-    assert with_control > without + 0.2 and with_control > 0.45, report
+    # Observed (seed 0): loss 0.79× the base's, IoU 0.26 -> 0.59. Other seeds of this setup gave IoU 0.52-0.80
+    # against 0.29 without; the bounds leave room for another CPU's rounding taking another path.
+    assert trained_loss < 0.9 * base_loss, report
+    assert with_control > without + 0.15 and with_control > 0.4, report
