@@ -25,7 +25,6 @@ from ..controlnet_core import InputError
 from ..controlnet_core.train import (FrozenBase, NoiseSchedule, TextCondition, TrainableControlNet, TrainConfig,
                                      check_output_path, encode_dataset, scan_dataset, train)
 from ..controlnet_core.train.interfaces import ControlSignal
-from ..controlnet_core.train.trainable_controlnet import checkpoint_module
 from .controlnet_nodes import LoadControlNet
 
 KEY_PREFIX = "ControlNetPack_"
@@ -134,9 +133,9 @@ class HostUNetBase(FrozenBase):
     def named_unet_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
         return self.unet.named_parameters()
 
-    def enable_gradient_checkpointing(self) -> None:
-        for block in self.unet.output_blocks:
-            checkpoint_module(block)
+    # No gradient checkpointing inside the host's UNet: a checkpointed block recomputes in backward,
+    # after functional_call has put the host's own (inference) weights back, and it would change the
+    # host's shared modules. The ControlNet itself is checkpointed on a GPU.
 
 
 class HostEncoder:
