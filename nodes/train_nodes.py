@@ -32,6 +32,8 @@ CATEGORY = "conditioning/controlnet pack/training"
 MODELS_FOLDER = "controlnet"
 PREDICTION_TYPES = {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}
 MAX_TOKENS = 77
+ENCODER_PREFIXES = ("input_blocks.", "middle_block.", "time_embed.", "label_emb.")  # what the ControlNet copies
+ACTIVATION_MARGIN = 2 << 30
 SAFE_NAME = re.compile(r"^[\w\- .]+$")
 ENCODE_BATCH = 4
 
@@ -220,12 +222,19 @@ class TrainControlNet:
         if resolution % multiple:
             raise InputError(f"resolution {resolution}: expected a multiple of {multiple} for this model")
 
-        comfy.model_management.load_models_gpu([model])
+        encode_bar = comfy.utils.ProgressBar(len(examples))
+        data = encode_dataset(examples, resolution, HostEncoder(vae, clip, model), batch_size=ENCODE_BATCH,
+                              progress=lambda done, total: encode_bar.update_absolute(done, total))
+        # The UNet fully on the device (the VAE and CLIP may have pushed it out), with room for what the memory
+        # manager does not see: the ControlNet (an encoder copy: fp32 weights, gradients, 2 Adam moments),
+        # the decoder copies, and activations.
+        encoder = sum(p.numel() for name, p in unet.named_parameters() if name.startswith(ENCODER_PREFIXES))
+        decoder = sum(p.numel() * p.element_size() for part in (unet.output_blocks, getattr(unet, "out", None))
+                      if part is not None for p in part.parameters())
+        comfy.model_management.load_models_gpu([model], memory_required=16 * encoder + decoder + ACTIVATION_MARGIN,
+                                               force_full_load=True)
         with torch.inference_mode(False):
             base = HostUNetBase(model)
-            encode_bar = comfy.utils.ProgressBar(len(examples))
-            data = encode_dataset(examples, resolution, HostEncoder(vae, clip, model), batch_size=ENCODE_BATCH,
-                                  progress=lambda done, total: encode_bar.update_absolute(done, total))
             control = TrainableControlNet.from_base(base, seed=config.seed)
             bar = comfy.utils.ProgressBar(config.steps)
 
