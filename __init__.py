@@ -15,9 +15,9 @@ HOST_UNAVAILABLE_REASON: str | None = None
 WEB_DIRECTORY = "./web"
 
 if not __package__:
-    # Imported as a plain module, not as a package: pytest does this when the clone's folder name is
-    # not a Python identifier (e.g. "controlnet-pack"). The host always imports it as a package.
-    HOST_UNAVAILABLE_REASON = "the pack was imported as a plain module (not a package), so no nodes are registered."
+    # Imported as a lone module rather than as a package: pytest does this with the root
+    # __init__.py when the clone folder's name is not a Python identifier (e.g. "controlnet-pack").
+    HOST_UNAVAILABLE_REASON = "imported as a plain module, not as a package, so no nodes are registered."
 else:
     try:
         from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811

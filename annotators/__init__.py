@@ -3,7 +3,9 @@
 Every annotator takes a batch (``B×H×W×C``, uint8 or float in [0, 1]) or one image and returns
 maps at the input's size, aligned pixel for pixel. Run any of them by name with
 :func:`run_annotator` (parameters, defaults and ranges in :data:`REGISTRY`), or call the functions.
-The neural annotators (OpenPose, Depth Anything V2, HED) are imported only when used.
+The neural annotators (OpenPose, DWPose, MediaPipe face, UniFormer, Depth Anything V2, HED, line art,
+M-LSD, PiDiNet, TEED, MiDaS, ZoeDepth, LeReS, NormalBAE) are
+imported only when used.
 """
 from __future__ import annotations
 
@@ -38,6 +40,15 @@ _LAZY_NEURAL = {
     "parse_pose_keypoints": "openpose",
     "DepthAnythingV2": "depth_anything_v2",
     "HEDDetector": "hed",
+    "DWPoseDetector": "dwpose",
+    "MediapipeFaceDetector": "mediapipe_face",
+    "UniFormerSegmenter": "uniformer",
+    "LineartDetector": "lineart",
+    "LineartCoarseDetector": "lineart",
+    "LineartAnimeDetector": "lineart_anime",
+    "MLSDDetector": "mlsd",
+    "PiDiNetDetector": "pidinet",
+    "TEEDDetector": "teed",
 }
 
 

@@ -21,11 +21,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .common import AnnotatorInputError, MissingWeightsError
+from .common import AnnotatorInputError, MissingDependencyError, MissingWeightsError
 from .neural import MODELS_DIR_ENV, default_models_dir
-from .registry import INPUT_DEPTH, INPUT_LABELS, INPUT_POSE, AnnotatorSpec, ParamSpec, annotator_names, get_spec, run_annotator
-
-SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+from .registry import (
+    INPUT_DEPTH, INPUT_LABELS, INPUT_POSE, SAMPLES_DIR, AnnotatorSpec, ParamSpec, annotator_names, get_spec, run_annotator,
+)
 
 
 def _parse_bool(text: str) -> bool:
@@ -65,13 +65,13 @@ def build_parser(spec: AnnotatorSpec | None = None, *, add_help: bool = True) ->
     parser.add_argument("input", nargs="?", help="input image (default: a bundled sample photo)")
     parser.add_argument("output", nargs="?", help="output PNG (default: TYPE.png)")
     parser.add_argument("--list", action="store_true", help="list the annotators and their parameters, then exit")
-    parser.add_argument("--resolution", type=int, default=None, help="detection short side in pixels (default: the annotator's)")
+    parser.add_argument("--resolution", type=int, default=None, help="detection short side in pixels, 64..16384, or 0 for the input's own size (default: the annotator's)")
     parser.add_argument(
         "--models-dir", default=None,
         help=f"folder with neural weight files (default: ${MODELS_DIR_ENV} or ./models/annotators)",
     )
     parser.add_argument("--mask", default=None, help="inpaint: mask image, white = repaint (default: the input's transparent pixels)")
-    parser.add_argument("--pose-json", default=None, help="openpose: also write the POSE_KEYPOINT JSON here")
+    parser.add_argument("--pose-json", default=None, help="pose annotators (openpose*, dwpose): also write the POSE_KEYPOINT JSON here")
     parser.add_argument("--device", default=None, help="torch device for neural annotators, e.g. cuda (default: the model's)")
     if spec is not None:
         group = parser.add_argument_group(f"{spec.name} parameters")
@@ -85,7 +85,8 @@ def list_annotators() -> str:
     for name in annotator_names():
         spec = get_spec(name)
         weights = f"  [weights: {', '.join(w.file_name for w in spec.weights)}]" if spec.weights else ""
-        lines.append(f"{name:<18} {spec.description}{weights}")
+        needs = f"  [needs: {', '.join(spec.requires)}]" if spec.requires else ""
+        lines.append(f"{name:<18} {spec.description}{weights}{needs}")
         for param in spec.params:
             choices = f" {{{','.join(param.choices)}}}" if param.choices else ""
             lines.append(f"    --{param.name.replace('_', '-'):<22} default {param.default!s:<8}{choices} {param.help}")
@@ -187,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mask=mask, device=args.device, **params,
         )
         elapsed = time.perf_counter() - started
-    except (AnnotatorInputError, MissingWeightsError) as exc:
+    except (AnnotatorInputError, MissingWeightsError, MissingDependencyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     _write_png(output_path, result.images)

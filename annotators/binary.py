@@ -29,6 +29,4 @@ def binary(
             return cv2.threshold(gray, 0, 255, flags | cv2.THRESH_OTSU)[1]
         return cv2.threshold(gray, int(threshold), 255, flags)[1]
 
-    restored = fit.restore(map_frames(one_frame, padded)[..., None])
-    # Resampling back to the input size blurs the two levels; re-binarise so the map stays binary.
-    return gray_to_rgb(np.where(restored >= 128, 255, 0).astype(np.uint8))
+    return gray_to_rgb(fit.restore_binary(map_frames(one_frame, padded)[..., None]))

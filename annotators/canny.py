@@ -28,4 +28,5 @@ def canny(
         lambda frame: cv2.Canny(frame, low_threshold, high_threshold, L2gradient=bool(l2_gradient)), padded,
         threads=False,
     )
-    return gray_to_rgb(fit.restore(edges[..., None]))
+    # Back at the input size the edges are re-thresholded: ControlNets were trained on binary maps.
+    return gray_to_rgb(fit.restore_binary(edges[..., None], lines=True))

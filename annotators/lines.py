@@ -77,4 +77,4 @@ def lines(
         )
         return draw_segments(segments, gray.shape[0], gray.shape[1], thickness)
 
-    return gray_to_rgb(fit.restore(map_frames(one_frame, padded)[..., None]))
+    return gray_to_rgb(fit.restore_binary(map_frames(one_frame, padded)[..., None], lines=True))

@@ -1,9 +1,17 @@
 """Surface normals from a depth map (near = bright), drawn as an RGB normal map.
 
-Colour convention (the one of ControlNet's depth-derived normal maps): red grows as the surface
-turns to face the **left**, green as it faces **up**, blue as it faces the viewer; a surface facing
-the camera is ``(128, 128, 255)``. ``invert_x`` / ``invert_y`` flip red / green for models trained
-with the other handedness.
+Two colour conventions, by the ControlNet that reads the map (both checked against the reference
+code, see annotators/README.md):
+
+- ``normal_bae`` (default): ControlNet 1.1 ``control_v11p_sd15_normalbae``, and normal maps from
+  rendering engines in the ScanNet/NYU-v2 colouring: red grows as the surface turns to face the
+  **left**, green as it faces **up**, blue as it faces the viewer; flat is ``(128, 128, 255)``.
+- ``normal_midas``: ControlNet 1.0 ``control_sd15_normal``. Its app computed the same three
+  components from MiDaS depth but gave the network the channels in reverse order: red = towards
+  the viewer, green = up, blue = left; flat is ``(255, 128, 128)``.
+
+``invert_x`` / ``invert_y`` flip the left/right and up/down components for models trained with the
+other handedness.
 """
 from __future__ import annotations
 
@@ -13,6 +21,9 @@ import cv2
 import numpy as np
 
 from .common import AnnotatorInputError, as_numpy, map_frames, to_unit_float
+
+# Convention name -> where the (left, up, front) components go in R, G, B.
+NORMAL_CONVENTIONS = {"normal_bae": (0, 1, 2), "normal_midas": (2, 1, 0)}
 
 
 def depth_to_batch(depth: Any) -> np.ndarray:
@@ -43,14 +54,18 @@ def normal_from_depth(
     background_threshold: float = 0.0,
     invert_x: bool = False,
     invert_y: bool = False,
+    convention: str = "normal_bae",
 ) -> np.ndarray:
     """Normal map ``B×H×W×3`` uint8 at the depth map's size.
 
     The depth map is read as a height field ``z = strength · depth · short_side`` (so a full-range
     ramp across a square image tilts 45° at ``strength`` 1, whatever the resolution). ``blur_sigma``
     smooths 8-bit staircase steps first; pixels with depth below ``background_threshold`` are drawn
-    as facing the camera.
+    as facing the camera. ``convention`` picks the channel order (see the module docstring):
+    ``normal_bae`` for ControlNet 1.1 normalbae, ``normal_midas`` for ControlNet 1.0 control_sd15_normal.
     """
+    if convention not in NORMAL_CONVENTIONS:
+        raise AnnotatorInputError(f"convention: expected one of {list(NORMAL_CONVENTIONS)}, found {convention!r}")
     maps = depth_to_batch(depth)
     height, width = maps.shape[1:]
     scale = float(strength) * min(height, width)
@@ -74,4 +89,5 @@ def normal_from_depth(
         normal[..., 0] *= -1
     if invert_y:
         normal[..., 1] *= -1
+    normal = normal[..., list(NORMAL_CONVENTIONS[convention])]
     return np.clip(np.rint(normal * 127.5 + 127.5), 0, 255).astype(np.uint8)

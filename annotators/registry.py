@@ -7,12 +7,17 @@ table never imports the neural models.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .common import AnnotatorInputError
+from .common.image import MAX_DETECTION_SIDE, check_detection_size
+
+# Photos and a pose bundled with the pack (sources and licences in samples/README.md).
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 
 # What the primary input of an annotator is.
 INPUT_IMAGE = "image"  # a photo: B×H×W×C uint8 or float [0, 1]
@@ -35,6 +40,9 @@ class ParamSpec:
     maximum: float | None = None
     step: float | None = None
     choices: tuple[str, ...] = ()
+    # Added after the annotator's node shipped: the node lists it under its optional inputs, after
+    # the others, so workflows saved before keep their widget values in place.
+    added_later: bool = False
 
     def validate(self, value: Any) -> Any:
         """Coerce ``value`` to this parameter's type and check its range; raise AnnotatorInputError."""
@@ -91,7 +99,10 @@ class AnnotatorSpec:
     weights: tuple[WeightFile, ...] = ()
     outputs_pose: bool = False
     sample: str = "astronaut.png"  # bundled sample the CLI uses when no input is given
+    requires: tuple[str, ...] = ()  # optional Python packages only this annotator needs
     batch_chunk: int = 16  # frames per call: bounds memory and paces the progress bar
+    preset: tuple[tuple[str, Any], ...] = ()  # keyword arguments this id fixes (e.g. scribble=True); not settable
+    alias_of: str | None = None  # the id this one is another name for (it shares that id's node)
 
     @property
     def uses_resolution(self) -> bool:
@@ -146,9 +157,12 @@ def _bool(name: str, default: bool, help: str) -> ParamSpec:
     return ParamSpec(name, "bool", default, help)
 
 
-def _choice(name: str, choices: Sequence[str], default: str, help: str) -> ParamSpec:
-    return ParamSpec(name, "choice", default, help, choices=tuple(choices))
+def _choice(name: str, choices: Sequence[str], default: str, help: str, *, added_later: bool = False) -> ParamSpec:
+    return ParamSpec(name, "choice", default, help, choices=tuple(choices), added_later=added_later)
 
+
+_LLLYASVIEL = "https://huggingface.co/lllyasviel/Annotators"
+_SAFE_EDGES = _bool("safe", False, "Quantise the edges to three levels ('safe' mode: faint edges that leak detail are dropped).")
 
 _SPECS: tuple[AnnotatorSpec, ...] = (
     AnnotatorSpec(
@@ -225,8 +239,12 @@ _SPECS: tuple[AnnotatorSpec, ...] = (
             _float("strength", 1.0, 0.01, 100.0, "Depth relief: 1 tilts a full-range ramp across the image by 45°.", 0.01),
             _float("blur_sigma", 1.0, 0.0, 20.0, "Smooth the depth first (hides 8-bit steps)."),
             _float("background_threshold", 0.0, 0.0, 1.0, "Depth below this faces the camera (flat background).", 0.01),
-            _bool("invert_x", False, "Flip red (left/right) for models trained with the other handedness."),
-            _bool("invert_y", False, "Flip green (up/down)."),
+            _bool("invert_x", False, "Flip the left/right component, for models trained with the other handedness."),
+            _bool("invert_y", False, "Flip the up/down component (green)."),
+            _choice("convention", ("normal_bae", "normal_midas"), "normal_bae",
+                    "Channel order for the ControlNet that reads the map. normal_bae: ControlNet 1.1 normalbae "
+                    "and rendered normal maps (red = left, green = up, blue = front). normal_midas: ControlNet 1.0 "
+                    "control_sd15_normal (red = front, green = up, blue = left).", added_later=True),
         ),
         input_kind=INPUT_DEPTH,
         default_resolution=None,
@@ -265,6 +283,74 @@ _SPECS: tuple[AnnotatorSpec, ...] = (
         default_resolution=None,
         sample="",
     ),
+    # --- pose, face and segmentation annotators of issue 11 (openpose_face/full, dwpose, mediapipe_face, seg_ufade20k) ---
+    AnnotatorSpec(
+        "openpose_face", "OpenPose + face", "Body and face keypoints (OpenPose body + face networks) drawn as an "
+        "OpenPose map; also returns POSE_KEYPOINT.",
+        "neural:openpose_face",
+        (
+            _bool("draw_body", True, "Draw the body skeleton."),
+            _bool("draw_face", True, "Draw the 70 face keypoints."),
+        ),
+        weights=(
+            WeightFile("body_pose_model.pth", "https://huggingface.co/lllyasviel/Annotators"),
+            WeightFile("facenet.pth", "https://huggingface.co/lllyasviel/Annotators"),
+        ),
+        outputs_pose=True,
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "openpose_full", "OpenPose full", "Body, hand and face keypoints (all three OpenPose networks) drawn as an "
+        "OpenPose map; also returns POSE_KEYPOINT.",
+        "neural:openpose_full",
+        (
+            _bool("draw_body", True, "Draw the body skeleton."),
+            _bool("draw_hands", True, "Draw hand skeletons."),
+            _bool("draw_face", True, "Draw the 70 face keypoints."),
+        ),
+        weights=(
+            WeightFile("body_pose_model.pth", "https://huggingface.co/lllyasviel/Annotators"),
+            WeightFile("hand_pose_model.pth", "https://huggingface.co/lllyasviel/Annotators"),
+            WeightFile("facenet.pth", "https://huggingface.co/lllyasviel/Annotators"),
+        ),
+        outputs_pose=True,
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "dwpose", "DWPose", "Body, hand and face keypoints from DWPose (YOLOX + RTMPose whole-body) drawn as an "
+        "OpenPose map; also returns POSE_KEYPOINT.",
+        "neural:dwpose",
+        (
+            _bool("draw_body", True, "Draw the body skeleton."),
+            _bool("draw_hands", True, "Draw hand skeletons."),
+            _bool("draw_face", True, "Draw the face keypoints."),
+        ),
+        weights=(
+            WeightFile("yolox_l.onnx", "https://huggingface.co/yzd-v/DWPose"),
+            WeightFile("dw-ll_ucoco_384.onnx", "https://huggingface.co/yzd-v/DWPose"),
+        ),
+        outputs_pose=True,
+        requires=("onnxruntime",),
+    ),
+    AnnotatorSpec(
+        "mediapipe_face", "MediaPipe face", "Face mesh contours (MediaPipe Face Mesh; its model ships inside the "
+        "mediapipe package, no weight file) for the face ControlNet.",
+        "neural:mediapipe_face",
+        (
+            _int("max_faces", 1, 1, 50, "Most faces to find per image."),
+            _float("min_confidence", 0.5, 0.01, 1.0, "Face detection confidence a face needs.", 0.01),
+        ),
+        requires=("mediapipe",),
+    ),
+    AnnotatorSpec(
+        "seg_ufade20k", "UniFormer segmentation", "ADE20K semantic segmentation (UniFormer-S UperNet) drawn with the "
+        "ADE20K palette, for segmentation ControlNets.",
+        "neural:seg_ufade20k",
+        (),
+        weights=(WeightFile("upernet_global_small.pth", "https://huggingface.co/lllyasviel/Annotators"),),
+        batch_chunk=4,
+    ),
+    # --- end of the pose, face and segmentation annotators ---
     AnnotatorSpec(
         "depth_anything_v2", "Depth Anything V2", "Relative depth (near = bright) from Depth Anything V2 small.",
         "neural:depth_anything_v2",
@@ -281,9 +367,177 @@ _SPECS: tuple[AnnotatorSpec, ...] = (
         weights=(WeightFile("ControlNetHED.pth", "https://huggingface.co/lllyasviel/Annotators"),),
         batch_chunk=4,
     ),
+    # --- depth and normal networks (issue 11) ---------------------------------------------------
+    AnnotatorSpec(
+        "depth_midas", "MiDaS depth", "Relative depth (near = bright) from MiDaS v3.0 DPT-Hybrid (ControlNet 1.1 depth).",
+        "neural:depth_midas",
+        (),
+        weights=(WeightFile("dpt_hybrid-midas-501f0c75.pt", "https://huggingface.co/lllyasviel/Annotators"),),
+        sample="coffee.png",
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "normal_midas", "MiDaS normals", "ControlNet 1.0 normal map from MiDaS depth (slopes; the background faces the camera).",
+        "neural:normal_midas",
+        (
+            _float("a", float(2 * np.pi), 0.0, float(5 * np.pi), "Normal z component: larger = flatter normals.", 0.01),
+            _float("bg_threshold", 0.1, 0.0, 1.0, "Normalised depth below this is background, drawn facing the camera.", 0.01),
+        ),
+        weights=(WeightFile("dpt_hybrid-midas-501f0c75.pt", "https://huggingface.co/lllyasviel/Annotators"),),
+        sample="coffee.png",
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "depth_zoe", "ZoeDepth", "Metric depth from ZoeDepth (ZoeD_N), mapped near = bright by its percentiles.",
+        "neural:depth_zoe",
+        (_bool("gamma_corrected", False, "Raise the map to the power 2.2 (darker midtones)."),),
+        weights=(WeightFile("ZoeD_M12_N.pt", "https://huggingface.co/lllyasviel/Annotators"),),
+        sample="coffee.png",
+        batch_chunk=2,
+    ),
+    AnnotatorSpec(
+        "depth_anything_v2_vitb", "Depth Anything V2 (base)", "Relative depth (near = bright) from Depth Anything V2 base.",
+        "neural:depth_anything_v2_vitb",
+        (),
+        default_resolution=518,
+        weights=(WeightFile("depth_anything_v2_vitb.pth", "https://huggingface.co/depth-anything/Depth-Anything-V2-Base"),),
+        sample="coffee.png",
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "depth_anything_v2_vitl", "Depth Anything V2 (large)", "Relative depth (near = bright) from Depth Anything V2 large.",
+        "neural:depth_anything_v2_vitl",
+        (),
+        default_resolution=518,
+        weights=(WeightFile("depth_anything_v2_vitl.pth", "https://huggingface.co/depth-anything/Depth-Anything-V2-Large"),),
+        sample="coffee.png",
+        batch_chunk=2,
+    ),
+    AnnotatorSpec(
+        "normal_bae", "NormalBAE normals", "Surface normals from NormalBAE (ControlNet 1.1 normalbae).",
+        "neural:normal_bae",
+        (),
+        weights=(WeightFile("scannet.pt", "https://huggingface.co/lllyasviel/Annotators"),),
+        sample="coffee.png",
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "depth_leres", "LeReS depth", "Relative depth (near = bright) from LeReS (ResNeXt-101).",
+        "neural:depth_leres",
+        (
+            _float("thr_a", 0.0, 0.0, 100.0, "Remove near depth: the nearest thr_a % of the range turns white.", 1.0),
+            _float("thr_b", 0.0, 0.0, 100.0, "Remove background: the farthest thr_b % of the range turns black.", 1.0),
+        ),
+        weights=(WeightFile("res101.pth", "https://huggingface.co/lllyasviel/Annotators"),),
+        sample="coffee.png",
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "depth_leres++", "LeReS++ depth", "LeReS boosted by merging resolutions and edge-dense patches (slow; frame by frame).",
+        "neural:depth_leres_boost",
+        (
+            _float("thr_a", 0.0, 0.0, 100.0, "Remove near depth: the nearest thr_a % of the range turns white.", 1.0),
+            _float("thr_b", 0.0, 0.0, 100.0, "Remove background: the farthest thr_b % of the range turns black.", 1.0),
+        ),
+        weights=(
+            WeightFile("res101.pth", "https://huggingface.co/lllyasviel/Annotators"),
+            WeightFile("latest_net_G.pth", "https://huggingface.co/lllyasviel/Annotators"),
+        ),
+        sample="coffee.png",
+        batch_chunk=1,
+    ),
+    # --- end of depth and normal networks ----------------------------------------------------------
+    # Line and edge networks, under controlnet_aux's processor ids (issue 11).
+    AnnotatorSpec(
+        "lineart_realistic", "Line art (realistic)", "Line art from photos, white lines on black (ControlNet 1.1 lineart).",
+        "neural:lineart",
+        weights=(WeightFile("sk_model.pth", _LLLYASVIEL),),
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "lineart_coarse", "Line art (coarse)", "Bolder, simpler line art, white lines on black (ControlNet 1.1 lineart, coarse).",
+        "neural:lineart",
+        preset=(("coarse", True),),
+        weights=(WeightFile("sk_model2.pth", _LLLYASVIEL),),
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "lineart_anime", "Line art (anime)", "Anime-style line art, white lines on black (ControlNet 1.1 lineart_anime).",
+        "neural:lineart_anime",
+        weights=(WeightFile("netG.pth", _LLLYASVIEL),),
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "mlsd", "M-LSD lines", "Straight lines from the M-LSD network, white on black (ControlNet 1.1 mlsd).",
+        "neural:mlsd",
+        (
+            _float("score_threshold", 0.1, 0.0, 1.0, "Confidence (0-1) a line centre needs to become a segment.", 0.01),
+            _float("distance_threshold", 0.1, 0.0, 512.0,
+                   "Drop segments not longer than this (pixels at half the detection resolution).", 0.1),
+        ),
+        weights=(WeightFile("mlsd_large_512_fp32.pth", _LLLYASVIEL),),
+        sample="coffee.png",
+        batch_chunk=8,
+    ),
+    AnnotatorSpec(
+        "softedge_pidinet", "PiDiNet soft edges", "Soft edges from PiDiNet, gray (ControlNet 1.1 softedge).",
+        "neural:pidinet",
+        (_SAFE_EDGES,),
+        weights=(WeightFile("table5_pidinet.pth", _LLLYASVIEL),),
+        batch_chunk=8,
+    ),
+    AnnotatorSpec(
+        "scribble_pidinet", "PiDiNet scribble", "Binary scribble strokes from PiDiNet edges (ControlNet 1.1 scribble).",
+        "neural:pidinet",
+        (_SAFE_EDGES,),
+        preset=(("scribble", True),),
+        weights=(WeightFile("table5_pidinet.pth", _LLLYASVIEL),),
+        batch_chunk=8,
+    ),
+    AnnotatorSpec(
+        "scribble_hed", "HED scribble", "Binary scribble strokes from HED edges (ControlNet 1.1 scribble, 'fake scribble').",
+        "neural:hed",
+        (_SAFE_EDGES,),
+        preset=(("scribble", True),),
+        weights=(WeightFile("ControlNetHED.pth", _LLLYASVIEL),),
+        batch_chunk=4,
+    ),
+    AnnotatorSpec(
+        "teed", "TEED soft edges", "Soft edges from the tiny TEED network, white on black.",
+        "neural:teed",
+        (_int("safe_steps", 2, 0, 10, "Quantise to this many + 1 gray levels (0 = keep every level)."),),
+        weights=(WeightFile("5_model.pth", "https://huggingface.co/fal-ai/teed"),),
+        batch_chunk=8,
+    ),
 )
 
+# controlnet_aux processor ids that are another annotator with some parameters fixed.
+_ALIASES: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("softedge_hed", "hed", {}),
+    ("softedge_hedsafe", "hed", {"safe": True}),
+    ("scribble_hedsafe", "scribble_hed", {"safe": True}),
+    ("softedge_pidsafe", "softedge_pidinet", {"safe": True}),
+    ("scribble_pidsafe", "scribble_pidinet", {"safe": True}),
+)
+
+
+def _alias(name: str, base: AnnotatorSpec, fixed: dict[str, Any]) -> AnnotatorSpec:
+    """``name`` runs ``base`` with the parameters in ``fixed`` set (and no longer settable)."""
+    fixed = {key: base.param(key).validate(value) for key, value in fixed.items()}
+    settings = "".join(f", {key}={value}" for key, value in fixed.items())
+    return replace(
+        base,
+        name=name,
+        display_name=base.display_name + "".join(f" ({key})" for key in fixed),
+        description=f"Same as {base.name}{settings} (controlnet_aux's id).",
+        params=tuple(param for param in base.params if param.name not in fixed),
+        preset=base.preset + tuple(fixed.items()),
+        alias_of=base.name,
+    )
+
+
 REGISTRY: dict[str, AnnotatorSpec] = {spec.name: spec for spec in _SPECS}
+REGISTRY.update({name: _alias(name, REGISTRY[base], fixed) for name, base, fixed in _ALIASES})
 
 
 def annotator_names() -> list[str]:
@@ -311,6 +565,21 @@ def _batch_length(inputs: Any, input_kind: str) -> int:
     return 1
 
 
+MIN_RESOLUTION = 64
+MAX_RESOLUTION = MAX_DETECTION_SIDE
+
+
+def validate_resolution(value: Any) -> int:
+    """A detection resolution: 0 (detect at the input's own size) or 64..16384 pixels (short side)."""
+    number = ParamSpec("resolution", "int", 512, "", 0, MAX_RESOLUTION).validate(value)
+    if 0 < number < MIN_RESOLUTION:
+        raise AnnotatorInputError(
+            f"resolution: expected 0 (detect at the input's own size) or a value in "
+            f"[{MIN_RESOLUTION}, {MAX_RESOLUTION}], found {value!r}"
+        )
+    return number
+
+
 def run_annotator(
     name: str,
     inputs: Any,
@@ -326,16 +595,22 @@ def run_annotator(
 
     ``inputs`` is a ``B×H×W×C`` batch or one image (photos, depth maps, label maps), or POSE_KEYPOINT
     frames for ``pose_render``. ``resolution`` is the detection short side (the annotator's default
-    when None; ignored by annotators that work at the input's own size). Unknown or out-of-range
+    when None; 0 detects at the input's own size; ignored by annotators that always work at the
+    input's own size). A size whose detection image would be too large is refused before anything runs. Unknown or out-of-range
     parameters raise :class:`AnnotatorInputError`; missing weight files raise MissingWeightsError.
     ``models_dir`` (folder of weight files) and ``device`` (torch device) matter to neural annotators only.
     """
     spec = get_spec(name)
     function = spec.load()
-    kwargs = spec.resolve_params(params)
+    kwargs = {**dict(spec.preset), **spec.resolve_params(params)}
     if spec.uses_resolution:
-        chosen = spec.default_resolution if resolution is None else resolution
-        kwargs["resolution"] = int(ParamSpec("resolution", "int", 512, "", 64, 16384).validate(chosen))
+        kwargs["resolution"] = validate_resolution(spec.default_resolution if resolution is None else resolution)
+        shape = getattr(inputs, "shape", None)
+        if spec.input_kind == INPUT_IMAGE and shape is not None and len(shape) in (2, 3, 4):
+            # Refuse an impossible detection size now, before weights are loaded or memory allocated.
+            height, width = shape[1:3] if len(shape) == 4 else shape[:2]
+            if height > 0 and width > 0:
+                check_detection_size(int(height), int(width), kwargs["resolution"])
     if spec.weights:
         kwargs["models_dir"] = models_dir
         kwargs["device"] = device
@@ -388,9 +663,11 @@ __all__ = [
     "ParamSpec",
     "WeightFile",
     "REGISTRY",
+    "SAMPLES_DIR",
     "annotator_names",
     "get_spec",
     "run_annotator",
+    "validate_resolution",
     "INPUT_IMAGE",
     "INPUT_DEPTH",
     "INPUT_LABELS",

@@ -43,4 +43,4 @@ def scribble(
             mask = cv2.dilate(mask, kernel, iterations=int(stroke_width) - 1)
         return mask
 
-    return gray_to_rgb(fit.restore(map_frames(one_frame, padded)[..., None]))
+    return gray_to_rgb(fit.restore_binary(map_frames(one_frame, padded)[..., None], lines=True))

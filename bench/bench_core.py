@@ -248,7 +248,7 @@ def load_child(path: str) -> None:
 def bench_load(reference, out_dir: Path, threads: int, keep: bool) -> list[dict]:
     from safetensors.torch import save_file
 
-    from controlnet_core.formats.diffusers import diffusers_to_ldm
+    from controlnet_core.ldm.diffusers_keys import diffusers_to_ldm
 
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in reference.state_dict().items()}

@@ -1,15 +1,24 @@
-"""controlnet_core: a pure-PyTorch ControlNet engine for ldm-style UNets (SD1.x, SD2.x, SDXL).
+"""controlnet_core: a pure-PyTorch engine for the control systems of ldm-style UNets (SD1.x, SD2.x, SDXL):
+ControlNet, T2I-Adapter and ControlNeXt in one stack.
 
-Never imports ComfyUI. See load_controlnet, ControlNetModel.forward and ControlStack.
+Never imports ComfyUI. See load_control / identify (systems.py), the protocol every loaded control
+implements (protocol.py) and ControlStack (stack.py).
 """
-from .config import ControlNetConfig
+from .controlnet import ControlNetConfig, ControlNetModel, Residuals, from_unet, load_controlnet
+from .controlnext import ControlNeXtModel, load_controlnext
 from .errors import CheckpointError, ControlNetError, InputError
 from .hint import prepare_hint, prepare_mask
-from .loader import describe, from_unet, load_controlnet
-from .models import ControlNetModel, Residuals
+from .identity import Identity
+from .modes import CONTROL_MODES, MODE_BALANCED, MODE_CONTROLNET, MODE_PROMPT
+from .protocol import Contribution, ControlModel, Target, UNetLayout
 from .stack import ControlEntry, ControlStack
+from .systems import SYSTEMS, identify, load_control
+from .t2i_adapter import T2IAdapterModel, load_t2i_adapter
 
 __all__ = [
-    "CheckpointError", "ControlEntry", "ControlNetConfig", "ControlNetError", "ControlNetModel", "ControlStack",
-    "InputError", "Residuals", "describe", "from_unet", "load_controlnet", "prepare_hint", "prepare_mask",
+    "CONTROL_MODES", "CheckpointError", "Contribution", "ControlEntry", "ControlModel", "ControlNeXtModel",
+    "ControlNetConfig", "ControlNetError", "ControlNetModel", "ControlStack", "Identity", "InputError",
+    "MODE_BALANCED", "MODE_CONTROLNET", "MODE_PROMPT", "Residuals", "SYSTEMS", "T2IAdapterModel", "Target",
+    "UNetLayout", "from_unet", "identify", "load_control", "load_controlnet", "load_controlnext", "load_t2i_adapter",
+    "prepare_hint", "prepare_mask",
 ]

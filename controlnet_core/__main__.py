@@ -1,39 +1,41 @@
-"""`python -m controlnet_core inspect FILE…`: what a ControlNet file is, without loading its weights.
-`python -m controlnet_core train …`: train a ControlNet from a base checkpoint (see train/cli.py)."""
+"""`python -m controlnet_core inspect FILE…`: what a control file is, without loading its weights.
+
+The first line of each report is the system's common name (ControlNet, T2I-Adapter, ControlNeXt,
+Union, Control-LoRA, LLLite, …). Exit status 0 when every file was identified, 1 otherwise.
+
+`python -m controlnet_core train …`: train a ControlNet from a base checkpoint (see train/cli.py).
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
 from .errors import ControlNetError
-from .loader import describe
+from .protocol import family_name
+from .systems import identify
 from .train import cli as train_cli
 
 
-def _format(info: dict) -> str:
-    down = info["residual_shapes"]["down"]
-    lines = [
-        f"file:          {info['source']}",
-        f"family:        {info['family']}",
-        f"layout:        {info['layout']}",
-        f"hint channels: {info['hint_channels']}",
-        f"residuals:     {info['residual_count']['down']} down + {info['residual_count']['mid']} mid "
-        f"(shapes C×h×w for a {info['residual_shapes']['latent'][0]}² latent)",
-        "  down:        " + ", ".join("×".join(map(str, s)) for s in down),
-        "  mid:         " + "×".join(map(str, info["residual_shapes"]["mid"])),
-        f"parameters:    {info['parameters']:,}",
-        f"dtype:         {info['dtype']}",
-    ]
-    if info.get("file_bytes"):
-        lines.append(f"file size:     {info['file_bytes'] / 2**20:.1f} MiB")
+def _format(path: str, identity) -> str:
+    lines = [identity.system,
+             f"  file:       {path}",
+             f"  variant:    {identity.variant}",
+             f"  layout:     {identity.layout}",
+             f"  base model: {family_name(identity.family) if identity.family else 'decided by the base model'}",
+             f"  runs here:  {'yes' if identity.runs_here else 'no: ' + identity.advice}"]
+    for key, value in identity.details.items():
+        text = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+        lines.append(f"  {key + ':':<11} {text}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m controlnet_core", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m controlnet_core", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    inspect = commands.add_parser("inspect", help="print family, layout, hint channels, residuals, parameters, dtype")
+    inspect = commands.add_parser("inspect", help="name the system, variant, layout and base model of control files")
     inspect.add_argument("files", nargs="+")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     train_cli.add_parser(commands)
@@ -42,16 +44,17 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args)
 
     status = 0
-    for path in args.files:
+    for index, path in enumerate(args.files):
         try:
-            info = describe(path)
-        except (ControlNetError, FileNotFoundError) as exc:
+            identity = identify(path)
+        except (ControlNetError, OSError) as exc:
             print(f"{path}: error: {exc}", file=sys.stderr)
             status = 1
             continue
-        print(json.dumps(info, default=str) if args.json else _format(info))
-        if len(args.files) > 1 and not args.json:
-            print()
+        if args.json:
+            print(json.dumps({"file": path, **dataclasses.asdict(identity)}, default=str))
+        else:
+            print(("\n" if index else "") + _format(path, identity))
     return status
 
 

@@ -2,12 +2,14 @@
 
 `.safetensors` is read directly. `.pth` / `.ckpt` / `.bin` / `.pt` go through
 `torch.load(weights_only=True)`, which refuses pickles that would run code. Every failure becomes
-a CheckpointError naming the file.
+a CheckpointError naming the file, in our own words: torch's text for a refused pickle advises
+re-running with `weights_only=False`, which would run the file's code, and is never passed on.
 """
 from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,15 +36,47 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
         for key in ("state_dict", "model"):
             inner = obj.get(key)
             if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                return dict(inner)
+                return _strip_data_parallel(dict(inner))
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if tensors:
-            return tensors
+            return _strip_data_parallel(tensors)
     raise CheckpointError(f"{path} holds no tensors: expected a state dict, found {type(obj).__name__}")
 
 
+_DATA_PARALLEL_PREFIX = "module."
+
+
+def _strip_data_parallel(state: dict) -> dict:
+    """Weights saved from a torch DataParallel/DDP wrapper carry 'module.' before every key."""
+    if state and all(key.startswith(_DATA_PARALLEL_PREFIX) for key in state):
+        return {key[len(_DATA_PARALLEL_PREFIX):]: value for key, value in state.items()}
+    return state
+
+
+# Sentences of torch's error text that advise loading unsafely; never passed on.
+_UNSAFE_ADVICE = re.compile(r"weights_only|trusted source|trust the source|safe_globals|arbitrary code", re.I)
+
+
+def _why_torch_load_failed(exc: BaseException) -> str:
+    """The reason torch.load(weights_only=True) failed, restated without torch's advice to load unsafely."""
+    text = str(exc)
+    refused_global = re.search(r"GLOBAL ([\w.]+)", text)
+    if isinstance(exc, pickle.UnpicklingError) and refused_global:
+        return (f"was refused: it holds a Python object ({refused_global.group(1)}) that can only be loaded by "
+                "running code from the file, which is unsafe, so nothing was run. Use a .safetensors version of it")
+    if isinstance(exc, pickle.UnpicklingError):
+        return ("was refused: it is not a plain PyTorch state dict (corrupt, not a checkpoint, or a pickle that "
+                "needs code to load), so nothing was run")
+    if isinstance(exc, EOFError) or "central directory" in text or "zip archive" in text:
+        return "could not be read: it ends early or its zip archive is damaged (truncated or corrupt: download it again)"
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    kept = " ".join(part for part in re.split(r"(?<=[.!?])\s+", first) if not _UNSAFE_ADVICE.search(part))
+    return (f"could not be read as a PyTorch checkpoint (corrupt or truncated?): {type(exc).__name__}"
+            + (f": {kept[:200]}" if kept else ""))
+
+
 def read_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint file, keys as stored."""
+    """All tensors of a checkpoint file, keys as stored (less a 'module.' prefix on every key)."""
     path = Path(path)
     _check_file(path)
     suffix = path.suffix.lower()
@@ -50,18 +84,14 @@ def read_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cp
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path), device=str(device))
+            return _strip_data_parallel(load_file(str(path), device=str(device)))
         except Exception as exc:  # safetensors raises its own error types for truncated/garbled headers
             raise CheckpointError(f"{path} is not a readable .safetensors file (corrupt or truncated?): {exc}") from exc
     if suffix in PICKLE_SUFFIXES:
         try:
             obj = torch.load(path, map_location=device, weights_only=True, mmap=_is_zipfile(path))
-        except pickle.UnpicklingError as exc:
-            raise CheckpointError(
-                f"{path} was refused: it is a pickle that needs code beyond plain tensors to load, and running "
-                f"code from a model file is unsafe. Convert it to .safetensors with a trusted tool. ({exc})") from exc
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint (corrupt or truncated?): {exc}") from exc
+        except Exception as exc:  # refused pickle, truncated zip, random bytes (KeyError, EOFError, ...)
+            raise CheckpointError(f"{path} {_why_torch_load_failed(exc)}") from None  # torch's text is not passed on
         return _unwrap(obj, path)
     raise CheckpointError(f"{path}: unknown checkpoint extension {suffix!r}; expected one of "
                           f"{SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES}")
@@ -80,7 +110,7 @@ def read_tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ..
                 for key in handle.keys():
                     tensor_slice = handle.get_slice(key)
                     out[key] = (tuple(tensor_slice.get_shape()), _SAFETENSORS_DTYPES.get(tensor_slice.get_dtype(), torch.float32))
-                return out
+                return _strip_data_parallel(out)
         except Exception as exc:
             raise CheckpointError(f"{path} is not a readable .safetensors file (corrupt or truncated?): {exc}") from exc
     return {k: (tuple(v.shape), v.dtype) for k, v in read_state_dict(path).items()}

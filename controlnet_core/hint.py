@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from .errors import InputError
 
 RESIZE_MODES = ("just_resize", "crop_and_resize", "resize_and_fill")
+# A control image smaller than this on a side carries no usable map (an 8×8 image is one latent pixel).
+MIN_IMAGE_SIDE = 8
 INTERPOLATIONS = ("nearest-exact", "bilinear", "bicubic", "area")
 
 
@@ -39,6 +41,9 @@ def as_image_batch(image: torch.Tensor | np.ndarray, what: str = "control image"
                          f"found shape {tuple(tensor.shape)}")
     if 0 in tensor.shape:
         raise InputError(f"{what}: the image is empty (shape {tuple(tensor.shape)})")
+    if min(tensor.shape[1:3]) < MIN_IMAGE_SIDE:
+        raise InputError(f"{what}: the image is {tensor.shape[1]}×{tensor.shape[2]} pixels, too small to carry a control "
+                         f"map; expected at least {MIN_IMAGE_SIDE}×{MIN_IMAGE_SIDE} (is the right image connected?)")
     if tensor.dtype == torch.uint8:
         tensor = tensor.float() / 255.0
     elif not tensor.is_floating_point():
@@ -48,8 +53,14 @@ def as_image_batch(image: torch.Tensor | np.ndarray, what: str = "control image"
     return tensor
 
 
-def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    """B×H×W×C with C in {1, 3, 4} → B×H×W×channels: gray is repeated, alpha dropped, RGB→gray by luma."""
+GRAY_RULES = ("luma", "mean")
+
+
+def convert_channels(images: torch.Tensor, channels: int, gray: str = "luma") -> torch.Tensor:
+    """B×H×W×C with C in {1, 3, 4} → B×H×W×channels: gray is repeated, alpha dropped, RGB→gray by
+    `gray`: "luma" (ITU-R 601 weights) or "mean" (the plain channel mean the host's T2I-Adapter uses)."""
+    if gray not in GRAY_RULES:
+        raise InputError(f"gray conversion: expected one of {GRAY_RULES}, found {gray!r}")
     have = images.shape[-1]
     if have == 4:
         images, have = images[..., :3], 3
@@ -58,9 +69,11 @@ def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     if have == 1:
         return images.expand(*images.shape[:-1], channels)
     if channels == 1:
+        if gray == "mean":
+            return images.mean(-1, keepdim=True)
         luma = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device)
         return (images * luma).sum(-1, keepdim=True)
-    raise InputError(f"cannot convert a {have}-channel image to the {channels} channels this ControlNet reads")
+    raise InputError(f"cannot convert a {have}-channel image to the {channels} channels this model reads")
 
 
 def _resize(bchw: torch.Tensor, height: int, width: int, interpolation: str) -> torch.Tensor:
@@ -112,10 +125,14 @@ def resize_to(bchw: torch.Tensor, height: int, width: int, mode: str, interpolat
 
 
 def prepare_hint(image: torch.Tensor | np.ndarray, height: int, width: int, mode: str = "crop_and_resize",
-                 channels: int = 3, interpolation: str = "nearest-exact") -> torch.Tensor:
-    """B×channels×height×width float hint from a control image of any size and channel count."""
-    images = convert_channels(as_image_batch(image), channels)
-    return resize_to(images.movedim(-1, 1), height, width, mode, interpolation).contiguous()
+                 channels: int = 3, interpolation: str = "nearest-exact", gray: str = "luma") -> torch.Tensor:
+    """B×channels×height×width float hint from a control image of any size and channel count.
+
+    The result keeps the memory layout the image implies (a ComfyUI IMAGE, B×H×W×C in memory, gives
+    a channels-last hint), as the host's own preparation does: convolutions pick their kernels by
+    layout, so this is what keeps the first layers bit-identical to the host's."""
+    images = convert_channels(as_image_batch(image), channels, gray)
+    return resize_to(images.movedim(-1, 1), height, width, mode, interpolation)
 
 
 def as_mask_batch(mask: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -136,20 +153,21 @@ def as_mask_batch(mask: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 def prepare_mask(mask: torch.Tensor | np.ndarray, image_size: tuple[int, int], height: int, width: int,
-                 mode: str) -> torch.Tensor:
-    """B×1×height×width mask aligned with the hint.
+                 mode: str, latent_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """B×1×height×width mask aligned with a hint of height×width.
 
     A mask drawn on the control image (same H×W as the image) follows the hint's crop/fit; a mask
-    already at the target size, or at the latent size (target / 8), is only scaled. Any other size
-    cannot be placed unambiguously and is refused."""
+    at the hint size, at the generation size (latent × 8) or at the latent size is only scaled.
+    Any other size cannot be placed unambiguously and is refused."""
     masks = as_mask_batch(mask)
     size = tuple(masks.shape[-2:])
+    latent_h, latent_w = latent_size or (height // 8, width // 8)
     if size == tuple(image_size):
         # Filled borders carry no control: zero, not the image's edge colour.
         zero = torch.zeros(masks.shape[0], 1, dtype=masks.dtype, device=masks.device)
         return resize_to(masks, height, width, mode, "bilinear", fill=zero)
-    if size in ((height, width), (height // 8, width // 8)):
+    if size in ((height, width), (latent_h * 8, latent_w * 8), (latent_h, latent_w)):
         return _resize(masks, height, width, "bilinear")
     raise InputError(f"mask is {size[0]}×{size[1]} (H×W) but the control image is {image_size[0]}×{image_size[1]} and "
-                     f"the generation is {height}×{width} pixels ({height // 8}×{width // 8} latent): expected a mask "
-                     f"the size of the control image, of the generation, or of the latent")
+                     f"the generation is {latent_h * 8}×{latent_w * 8} pixels ({latent_h}×{latent_w} latent): expected "
+                     f"a mask the size of the control image, of the generation, or of the latent")

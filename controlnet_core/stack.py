@@ -1,18 +1,26 @@
-"""ControlStack: several ControlNets on one generation, summed into one set of UNet residuals.
+"""ControlStack: controls of any system on one generation, summed into one Contribution per UNet call.
 
-Each ControlEntry carries its own strength, schedule range, mask and per-residual weights. For a
-UNet call the stack runs only the entries that are on (inside their range, strength > 0) and
-returns  Σ strength · weight_i · mask_i · row_scale · residual_i.
+Each ControlEntry carries its own strength, schedule range, control mode, mask and per-slot
+weights. For a UNet call the stack runs only the entries that are on (inside their range, strength
+> 0) and adds, for every addition a control makes (see protocol.py),
 
-Batches: the latent batch may hold several chunks (the host batches cond and uncond together);
-`chunk_kinds` lists them (0 = cond, 1 = uncond). A hint or mask batch of 1 broadcasts; a batch equal
-to the per-chunk batch pairs up and repeats for every chunk; anything else is an error.
+    strength · mode weight[slot] · weights[slot] · mask · row scale · value
+
+where the mask is area-resized to the addition's resolution and the row scale is 1 on conditional
+rows and `uncond_strength` (0 in "ControlNet is more important") on unconditional ones. Rows whose
+scale is 0 are not computed at all.
+
+Batches, one rule for every system, control images and masks alike (the host's own rule, see
+`pair_frames`): the latent batch holds one chunk per entry of `chunk_kinds` (the host batches cond
+and uncond together; 0 = cond, 1 = uncond), each of `per_chunk` latents, and latent j of every
+chunk pairs with the same frame.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +28,8 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .hint import INTERPOLATIONS, RESIZE_MODES, as_image_batch, as_mask_batch, prepare_hint, prepare_mask
-from .models.controlnet import HINT_DOWNSCALE, ControlNetModel, Residuals
+from .modes import MODE_BALANCED, mode_settings
+from .protocol import Addition, Contribution, ControlModel, HintSpec, UNetCall, UNetLayout, take_frames
 
 MAX_STRENGTH = 10.0
 
@@ -39,20 +48,39 @@ def check_strength(value: float, name: str = "strength") -> float:
     return value
 
 
+def pair_frames(frames: int, per_chunk: int, chunks: int = 1, what: str = "control image") -> torch.Tensor:
+    """Which frame each latent row uses, for `chunks` chunks of `per_chunk` latents (the host's
+    `broadcast_image_to` rule): 1 frame serves every latent; with at least `per_chunk` frames latent
+    j takes frame j (frames past `per_chunk` are unused, as in the host); a divisor of `per_chunk`
+    repeats in turn (0, 1, 0, 1…). Any other count cannot pair and is refused."""
+    if frames == 1:
+        index = torch.zeros(per_chunk, dtype=torch.long)
+    elif frames >= per_chunk:
+        index = torch.arange(per_chunk)
+    elif per_chunk % frames == 0:
+        index = torch.arange(per_chunk) % frames
+    else:
+        raise InputError(f"{what} batch of {frames} does not pair with the latent batch of {per_chunk}: expected 1 "
+                         f"(used for every latent), {per_chunk} (one per latent; more are cut to the first "
+                         f"{per_chunk}) or a divisor of {per_chunk} (repeated in turn)")
+    return index.repeat(chunks)
+
+
 @dataclass(eq=False)
 class ControlEntry:
-    model: ControlNetModel
+    model: ControlModel
     image: torch.Tensor | np.ndarray          # control image, B×H×W×C (ComfyUI IMAGE) or H×W[×C]
     strength: float = 1.0
-    start: float = 0.0                       # fraction of the schedule where the control starts
+    start: float = 0.0                        # fraction of the schedule where the control starts
     end: float = 1.0
     mask: torch.Tensor | np.ndarray | None = None  # H×W or B×H×W, soft values allowed
-    weights: Sequence[float] | None = None   # per residual: down residuals in encoder order, then mid
+    weights: Sequence[float] | None = None    # one per slot of the model (model.slots), on top of the mode's
+    mode: str = MODE_BALANCED                 # control mode (modes.py)
     resize_mode: str = "crop_and_resize"
     interpolation: str = "nearest-exact"
-    uncond_strength: float = 1.0             # multiplier on uncond rows; 0 = "ControlNet is more important"
+    uncond_strength: float = 1.0              # multiplier on uncond rows, on top of the mode's
     enabled: bool = True
-    _hint_cache: dict = field(default_factory=dict, init=False, repr=False)
+    _prepared_cache: dict = field(default_factory=dict, init=False, repr=False)
     _mask_cache: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -69,44 +97,59 @@ class ControlEntry:
         self.image = as_image_batch(self.image)
         if self.mask is not None:
             self.mask = as_mask_batch(self.mask)
-        expected = self.model.config.num_down_residuals + 1
+        slots = self.model.slots
         if self.weights is not None:
-            self.weights = [float(w) for w in self.weights]
-            if len(self.weights) != expected or not all(math.isfinite(w) for w in self.weights):
-                raise InputError(f"weights: expected {expected} finite numbers ({expected - 1} down residuals + mid) "
-                                 f"for this {self.model.family} ControlNet, found {self.weights}")
+            self.weights = tuple(float(w) for w in self.weights)
+            if len(self.weights) != len(slots) or not all(math.isfinite(w) and w >= 0 for w in self.weights):
+                raise InputError(f"weights: expected {len(slots)} finite numbers ≥ 0 for this {self.model.system} "
+                                 f"({', '.join(slots)}), found {list(self.weights)}")
+        settings = mode_settings(self.mode, self.model.soft_weights, self.model.system)
+        mode_weights = settings.weights or (1.0,) * len(slots)
+        user_weights = self.weights or (1.0,) * len(slots)
+        self.slot_weights = tuple(a * b for a, b in zip(mode_weights, user_weights))
+        self.uncond_scale = self.uncond_strength * settings.uncond_multiplier
 
     def is_active(self, percent: float | None) -> bool:
         if not self.enabled or self.strength == 0.0:
             return False
         return percent is None or self.start <= percent <= self.end
 
-    def hint_embedding(self, latent_h: int, latent_w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """input_hint_block output for this latent size, computed once and reused across steps; the
-        key holds everything it depends on, so a new image, size, dtype or device recomputes it."""
-        key = (id(self.image), _version_of(self.image), latent_h, latent_w, dtype, device, self.resize_mode,
-               self.interpolation, _version_of(self.model.input_hint_block[0].weight))
-        if key not in self._hint_cache:
-            hint = prepare_hint(self.image, latent_h * HINT_DOWNSCALE, latent_w * HINT_DOWNSCALE, self.resize_mode,
-                                self.model.config.hint_channels, self.interpolation)
+    def hint_spec(self, latent_h: int, latent_w: int) -> HintSpec:
+        return self.model.hint_spec(latent_h, latent_w)
+
+    def prepared(self, latent_h: int, latent_w: int, device: torch.device) -> Any:
+        """The model's `prepare` of this image for this latent size, computed once and reused across
+        steps; the key holds everything it depends on, so a new image, size, device or edited weights
+        recompute it."""
+        model = self.model
+        key = (id(self.image), _version_of(self.image), latent_h, latent_w, model.dtype, device, self.resize_mode,
+               self.interpolation, model.prepare_version())
+        if key not in self._prepared_cache:
+            spec = self.hint_spec(latent_h, latent_w)
+            hint = prepare_hint(self.image, spec.height, spec.width, self.resize_mode, spec.channels,
+                                self.interpolation, gray=spec.gray)
+            low, high = spec.value_range
+            if (low, high) != (0.0, 1.0):
+                hint = hint * (high - low) + low
             with torch.no_grad():
-                embedding = self.model.embed_hint(hint.to(device=device, dtype=self.model.dtype))
-            self._hint_cache = {key: embedding.to(dtype)}
-        return self._hint_cache[key]
+                self._prepared_cache = {key: model.prepare(hint.to(device=device, dtype=model.dtype))}
+        return self._prepared_cache[key]
 
     def mask_at(self, latent_h: int, latent_w: int, height: int, width: int) -> torch.Tensor:
-        """The mask resized to one residual's resolution (area averaging keeps soft edges honest)."""
-        full_key = (latent_h, latent_w)  # the mask at hint resolution, placed like the hint
+        """The mask placed like the control image, area-resized to one addition's resolution (area
+        averaging keeps soft edges honest)."""
+        full_key = (latent_h, latent_w)
         if full_key not in self._mask_cache:
-            self._mask_cache[full_key] = prepare_mask(self.mask, tuple(self.image.shape[1:3]), latent_h * HINT_DOWNSCALE,
-                                                      latent_w * HINT_DOWNSCALE, self.resize_mode)
+            spec = self.hint_spec(latent_h, latent_w)
+            self._mask_cache[full_key] = prepare_mask(self.mask, tuple(self.image.shape[1:3]), spec.height, spec.width,
+                                                      self.resize_mode, latent_size=(latent_h, latent_w))
         key = (latent_h, latent_w, height, width)
         if key not in self._mask_cache:
             self._mask_cache[key] = F.interpolate(self._mask_cache[full_key], size=(height, width), mode="area")
         return self._mask_cache[key]
 
     def clear_cache(self) -> None:
-        self._hint_cache = {}
+        self._prepared_cache = {}
         self._mask_cache = {}
 
 
@@ -116,19 +159,8 @@ def _version_of(tensor: torch.Tensor) -> int:
     return 0 if tensor.is_inference() else tensor._version
 
 
-def _expand_batch(tensor: torch.Tensor, per_chunk: int, chunks: int, what: str) -> torch.Tensor:
-    """Batch-1 broadcasts (kept at 1); a per-chunk batch repeats for every chunk; a full batch is used as is."""
-    batch = tensor.shape[0]
-    if batch == 1 or batch == per_chunk * chunks:
-        return tensor
-    if batch == per_chunk:
-        return tensor.repeat(chunks, *([1] * (tensor.ndim - 1)))
-    raise InputError(f"{what} batch of {batch} does not match the latent batch of {per_chunk}: expected 1 "
-                     f"(used for every latent) or {per_chunk} (one per latent)")
-
-
 class ControlStack:
-    """An ordered set of ControlEntry; `residuals` sums the active ones for one UNet call."""
+    """An ordered set of ControlEntry; `contributions` sums the active ones for one UNet call."""
 
     def __init__(self, entries: Sequence[ControlEntry] = ()) -> None:
         self.entries: list[ControlEntry] = list(entries)
@@ -150,71 +182,95 @@ class ControlStack:
             entry.clear_cache()
 
     @torch.no_grad()
-    def residuals(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                  y: torch.Tensor | None = None, *, percent: float | None = None,
-                  active: Callable[[ControlEntry], bool] | None = None,
-                  chunk_kinds: Sequence[int] | None = None) -> Residuals | None:
+    def contributions(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                      y: torch.Tensor | None = None, *, percent: float | None = None,
+                      active: Callable[[ControlEntry], bool] | None = None,
+                      chunk_kinds: Sequence[int] | None = None,
+                      layout: UNetLayout | None = None) -> Contribution | None:
+        """What the active entries add to one UNet call with latent `x` (B×C×h×w, input scaling
+        applied), or None when nothing is on. Tensors are in x's dtype. `layout` describes the base
+        UNet (where encoder features go); without it each control assumes its family's standard UNet."""
         entries = self.active_entries(percent, active)
         if not entries:
             return None
         chunk_kinds = list(chunk_kinds) if chunk_kinds else [0]
-        chunks = len(chunk_kinds)
-        batch, _, latent_h, latent_w = x.shape
+        chunks, batch = len(chunk_kinds), x.shape[0]
         if batch % chunks:
             raise InputError(f"latent batch {batch} does not split into {chunks} cond/uncond chunks")
         per_chunk = batch // chunks
         timesteps = timesteps.reshape(-1).expand(batch) if timesteps.numel() == 1 else timesteps.reshape(-1)
-
-        total: Residuals | None = None
+        total = Contribution()
         for entry in entries:
-            contribution = self._entry_residuals(entry, x, timesteps, context, y, chunk_kinds, per_chunk)
-            if total is None:
-                total = contribution
-            else:
-                total = Residuals([a + b for a, b in zip(total.down, contribution.down)], total.mid + contribution.mid)
-        return total
+            _EntryCall(entry, x, timesteps, context, y, chunk_kinds, per_chunk, layout).add_to(total)
+        return None if total.is_empty() else total
 
-    def _entry_residuals(self, entry: ControlEntry, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                         y: torch.Tensor | None, chunk_kinds: list[int], per_chunk: int) -> Residuals:
+    def residuals(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                  y: torch.Tensor | None = None, **options) -> "Residuals | None":
+        """ControlNet-style view of `contributions`: the skip residuals in encoder order and the
+        middle one. Only for stacks whose controls add residuals alone (plain ControlNets)."""
+        from .controlnet.model import Residuals
+
+        total = self.contributions(x, timesteps, context, y, **options)
+        if total is None:
+            return None
+        if total.encoder or total.stream or total.middle is None or \
+                sorted(total.skips) != list(range(len(total.skips))):
+            raise InputError("ControlStack.residuals covers stacks of plain ControlNets; this stack also adds to "
+                             "the encoder stream or the hidden state: use contributions()")
+        return Residuals([total.skips[i] for i in range(len(total.skips))], total.middle)
+
+
+class _EntryCall:
+    """One entry's additions to one UNet call: rows, frames, scaling, masks."""
+
+    def __init__(self, entry: ControlEntry, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                 y: torch.Tensor | None, chunk_kinds: list[int], per_chunk: int, layout: UNetLayout | None) -> None:
+        self.entry, self.x, self.timesteps, self.context, self.y, self.layout = entry, x, timesteps, context, y, layout
+        chunks = len(chunk_kinds)
+        self.batch, self.latent_size = x.shape[0], tuple(x.shape[-2:])
+        self.frames = pair_frames(entry.image.shape[0], per_chunk, chunks)
+        self.mask_frames = None if entry.mask is None else pair_frames(entry.mask.shape[0], per_chunk, chunks, "mask")
+        row_scale = torch.tensor([1.0 if kind == 0 else entry.uncond_scale for kind in chunk_kinds
+                                  for _ in range(per_chunk)], dtype=x.dtype, device=x.device)
+        self.rows = row_scale.nonzero().flatten()
+        self.subset = self.rows.numel() < self.batch  # only the rows that receive control are computed
+        self.row_scale = None if bool((row_scale == 1).all()) else row_scale[self.rows]
+
+    def add_to(self, total: Contribution) -> None:
+        if self.rows.numel() == 0:
+            return
+        entry, rows = self.entry, self.rows
         model = entry.model
-        chunks, (batch, _, latent_h, latent_w) = len(chunk_kinds), x.shape
-        dtype = model.dtype
-        embedding = _expand_batch(entry.hint_embedding(latent_h, latent_w, dtype, x.device), per_chunk, chunks,
-                                  "control image")
-        row_scale = torch.tensor([1.0 if kind == 0 else entry.uncond_strength for kind in chunk_kinds
-                                  for _ in range(per_chunk)], dtype=dtype, device=x.device)
-        rows = row_scale.nonzero().flatten()
-        if rows.numel() == 0:
-            zeros = [torch.zeros(batch, c, latent_h // f, latent_w // f, dtype=dtype, device=x.device)
-                     for c, f in zip(model.config.residual_channels(), model.config.residual_downscale())]
-            return Residuals(zeros[:-1], zeros[-1])
-        subset = rows.numel() < batch  # only run the rows that receive control (e.g. cond only)
-        if subset:
-            pick = lambda t: t if t is None or t.shape[0] == 1 else t[rows]  # noqa: E731
-            result = model(x[rows], None, timesteps[rows], pick(context), pick(y), hint_embedding=pick(embedding))
-        else:
-            result = model(x, None, timesteps, context, y, hint_embedding=embedding)
+        prepared = entry.prepared(*self.latent_size, self.x.device)
+        pick = (lambda t: t) if not self.subset else \
+            (lambda t: t if t is None or t.shape[0] == 1 else t.index_select(0, rows))  # noqa: E731
+        call = UNetCall(pick(self.x), pick(self.timesteps), pick(self.context), pick(self.y), self.layout)
+        for addition in model.additions(call, prepared, self.frames[rows.cpu()]):
+            scale = entry.strength * entry.slot_weights[addition.slot]
+            if callable(addition.value):
+                total.add(addition.target, self._stream_function(addition, scale))
+            else:
+                total.add(addition.target, self._finish(addition.value, scale))
 
-        weights = entry.weights or [1.0] * (len(result.down) + 1)
-        scale = row_scale[rows] if subset else row_scale
-        scale_rows = not bool((scale == 1).all())
-        if entry.mask is not None:
-            _expand_batch(entry.mask, per_chunk, chunks, "mask")  # refuse a bad batch before any work
+    def _stream_function(self, addition: Addition, scale: float):
+        function, rows, subset = addition.value, self.rows, self.subset
 
-        def finish(residual: torch.Tensor, weight: float) -> torch.Tensor:
-            out = residual * (entry.strength * weight)
-            if scale_rows:
-                out = out * scale[:, None, None, None]
-            if entry.mask is not None:
-                mask = _expand_batch(entry.mask_at(latent_h, latent_w, *residual.shape[-2:]), per_chunk, chunks, "mask")
-                if subset and mask.shape[0] != 1:
-                    mask = mask[rows.to(mask.device)]
-                out = out * mask.to(device=out.device, dtype=out.dtype)
-            if subset:
-                full = torch.zeros((batch, *out.shape[1:]), dtype=out.dtype, device=out.device)
-                full[rows] = out
-                out = full
-            return out
+        def stream(hidden: torch.Tensor) -> torch.Tensor:
+            return self._finish(function(hidden.index_select(0, rows) if subset else hidden), scale)
 
-        down = [finish(r, w) for r, w in zip(result.down, weights[:-1])]
-        return Residuals(down, finish(result.mid, weights[-1]))
+        return stream
+
+    def _finish(self, value: torch.Tensor, scale: float) -> torch.Tensor:
+        """value (controlled rows) · scale · row scale · mask, in x's dtype, over the full batch."""
+        out = value.to(self.x.dtype) * scale
+        if self.row_scale is not None:
+            out = out * self.row_scale.view(-1, *([1] * (out.ndim - 1)))
+        if self.entry.mask is not None:
+            mask = self.entry.mask_at(*self.latent_size, *out.shape[-2:])
+            mask = take_frames(mask, self.mask_frames[self.rows.cpu()]).to(device=out.device, dtype=out.dtype)
+            out = out * mask
+        if self.subset:
+            full = out.new_zeros((self.batch, *out.shape[1:]))
+            full[self.rows] = out
+            out = full
+        return out

@@ -1,14 +1,19 @@
 """The CONTROL_NET object the host's sampler runs: a `comfy.controlnet.ControlBase` over a ControlStack.
 
-One `PackControl` carries every entry applied by one of our nodes (a single ControlNet or a whole
-stack). It is shared by positive and negative, so the sampler batches cond and uncond into one
-call, and it evaluates all its entries in one `ControlStack.residuals` call whose hint-block
-outputs are cached across steps. Controls that were already on the conditioning (the host's own
-apply node, other packs) sit in `previous_controlnet` and are summed in, exactly as the host does.
+One `PackControl` carries every entry applied by one of our nodes (a single control or a whole
+stack), of any control system: ControlNet, T2I-Adapter, ControlNeXt. It is shared by positive and
+negative, so the sampler batches cond and uncond into one call, and it evaluates all its entries
+in one `ControlStack.contributions` call whose per-image work (hint blocks, adapter features) is
+cached across steps. The contribution reaches the UNet three ways: the control dict get_control
+returns (skip, middle and encoder-stream additions), transformer patches registered on this call's
+options (ControlNeXt's stream function) and weight hooks (ControlNeXt's UNet weights, applied by
+the host while this control is on the conditioning). Controls that were already on the
+conditioning (the host's own apply node, other packs) sit in `previous_controlnet` and are summed
+in, exactly as the host does.
 
 The same class is what our loader outputs, so the host's own "Apply ControlNet" node can use it:
 that node calls `copy().set_cond_hint(...)`, and an object with no units of its own then runs its
-loaded ControlNet with the hint, strength and percent range the host node set.
+loaded control with the hint, strength and percent range the host node set.
 """
 from __future__ import annotations
 
@@ -24,41 +29,40 @@ import torch
 import comfy.controlnet
 import comfy.model_management
 import comfy.model_patcher
+import comfy.ops
 
-from ..controlnet_core import ControlEntry, ControlNetModel, ControlStack, load_controlnet
-from .control_units import (ControlUnit, check_controlnet_fits_unet, check_residual_shapes, mode_settings,
-                            sigma_in_range, sum_controls, unet_skip_channels)
+from ..controlnet_core import ControlEntry, ControlModel, ControlStack, UNetLayout, load_control, load_t2i_adapter
+from ..controlnet_core.controlnet import load_controlnet
+from .control_units import (ControlUnit, add_transformer_patches, check_contribution, host_control_dict,
+                            sigma_in_range, stream_patches, sum_controls)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
-class LoadedControlNet:
-    """A ControlNet module ready for the host: the core model, its ModelPatcher and a display name."""
+class LoadedControl:
+    """A control model ready for the host: the core model, its ModelPatcher and a display name."""
 
-    model: ControlNetModel
+    model: ControlModel
     patcher: Any
     name: str
-    dtype: torch.dtype
 
     @property
-    def family(self) -> str:
-        return self.model.config.family
-
-    @property
-    def residual_count(self) -> int:
-        return self.model.config.num_down_residuals + 1
+    def system(self) -> str:
+        return self.model.system
 
 
-def host_compute_dtype(weight_dtype: torch.dtype | None) -> tuple[torch.dtype, torch.device]:
-    """The dtype and device the host picks for a UNet-sized model on this machine (as its own
-    ControlNet loader does): fp32 on CPU, fp16/bf16 on GPUs that run them."""
+def host_operations(weight_dtype: torch.dtype | None) -> tuple[torch.dtype, torch.dtype | None, Any, torch.device]:
+    """(storage dtype, compute dtype when it differs, layer classes, device) the host picks for a
+    UNet-sized model on this machine, as its own ControlNet loader does: the weights stay in their
+    storage dtype and the host's casting layers cast them per layer (and load them partially in
+    low-VRAM mode)."""
     load_device = comfy.model_management.get_torch_device()
     storage_dtype = comfy.model_management.unet_dtype(
         model_params=-1, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32], weight_dtype=weight_dtype)
     manual_cast = comfy.model_management.unet_manual_cast(storage_dtype, load_device)
-    # Weights are stored in the compute dtype: the core model has no per-layer cast-on-the-fly ops.
-    return (manual_cast or storage_dtype), load_device
+    operations = comfy.ops.pick_operations(storage_dtype, manual_cast, disable_fast_fp8=True)
+    return storage_dtype, manual_cast, operations, load_device
 
 
 class PatcherHandle(torch.nn.Module):
@@ -66,77 +70,123 @@ class PatcherHandle(torch.nn.Module):
     bookkeeping (device, model_loaded_weight_memory, lowvram flags…) as attributes of the module it
     is given; this keeps them off the core model, whose `device` is a read-only property."""
 
-    def __init__(self, control_model: ControlNetModel) -> None:
+    def __init__(self, control_model: ControlModel) -> None:
         super().__init__()
         self.control_model = control_model
         self.device = control_model.device
 
 
-def wrap_model(model: ControlNetModel, name: str, dtype: torch.dtype, load_device: torch.device) -> LoadedControlNet:
+def wrap_model(model: ControlModel, name: str, load_device: torch.device) -> LoadedControl:
     """Wrap a core model in a ModelPatcher so the memory manager loads/offloads it with the UNet."""
     patcher = comfy.model_patcher.ModelPatcher(
         PatcherHandle(model), load_device=load_device, offload_device=comfy.model_management.unet_offload_device())
-    return LoadedControlNet(model=model, patcher=patcher, name=name, dtype=dtype)
+    return LoadedControl(model=model, patcher=patcher, name=name)
 
 
 # Same file loaded twice (two loader nodes, a re-queued prompt after the node cache was cleared)
 # reuses the weights while anything still holds them.
-_FILE_CACHE: "weakref.WeakValueDictionary[tuple, LoadedControlNet]" = weakref.WeakValueDictionary()
-_HOST_OBJECT_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, LoadedControlNet]" = weakref.WeakKeyDictionary()
+_FILE_CACHE: "weakref.WeakValueDictionary[tuple, LoadedControl]" = weakref.WeakValueDictionary()
+_HOST_OBJECT_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, LoadedControl]" = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
 
 
-def load_file(path: str, display_name: str, progress: Callable[[int], None] | None = None) -> LoadedControlNet:
-    """Load (or reuse) the ControlNet in `path`, in the dtype the host picks for its device."""
+def _file_key(path: str | None) -> tuple | None:
+    if path is None:
+        return None
     stat = os.stat(path)
-    dtype, load_device = host_compute_dtype(None)
-    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size, dtype)
+    return os.path.realpath(path), stat.st_mtime_ns, stat.st_size
+
+
+def load_file(path: str, display_name: str, companion: str | None = None, companion_kind: str = "auto",
+              progress: Callable[[int], None] | None = None) -> LoadedControl:
+    """Load (or reuse) the control in `path` (with a ControlNeXt module's UNet weights in `companion`),
+    stored and computed as the host would for this device."""
+    storage_dtype, compute_dtype, operations, load_device = host_operations(None)
+    key = (_file_key(path), _file_key(companion), companion_kind, storage_dtype, compute_dtype)
     with _CACHE_LOCK:
         cached = _FILE_CACHE.get(key)
         if cached is not None:
             return cached
-        model = load_controlnet(path, dtype=dtype, device=str(comfy.model_management.unet_offload_device()))
+        model = load_control(path, companion=companion, companion_kind=companion_kind, dtype=storage_dtype,
+                             device=str(comfy.model_management.unet_offload_device()), operations=operations,
+                             compute_dtype=compute_dtype)
+        model.source = display_name  # messages name the file as the workflow does
         if progress:
             progress(1)
-        loaded = wrap_model(model, display_name, dtype, load_device)
+        loaded = wrap_model(model, display_name, load_device)
         _FILE_CACHE[key] = loaded
         return loaded
 
 
-def from_host_controlnet(control: Any) -> LoadedControlNet | None:
-    """Run a CONTROL_NET from the host's own loader through our core when it is a plain ldm ControlNet.
+def from_host_controlnet(control: Any) -> LoadedControl | None:
+    """Run a CONTROL_NET from the host's own loader through our core when it is a plain ldm
+    ControlNet or a T2I-Adapter (full, XL or light).
 
     Its weights are read from the host module (shared storage, no copy when the dtype matches), so
-    results match the host path. Anything else (T2I-Adapter, Control-LoRA, shuffle/global pooling,
-    SD3/Flux/HunyuanDiT nets) returns None and the caller keeps the host object as it is.
-    """
-    if type(control) is not comfy.controlnet.ControlNet:
+    results match the host path. Anything else (Control-LoRA, union and shuffle ControlNets,
+    Stable Cascade, SD3/Flux/HunyuanDiT nets) returns None and the caller keeps the host object."""
+    module, build = None, None
+    if type(control) is comfy.controlnet.ControlNet:
+        module = getattr(control, "control_model", None)
+        if module is None or control.global_average_pooling or control.latent_format is not None:
+            return None
+        if type(module).__name__ != "ControlNet" or getattr(module, "control_add_embedding", None) is not None:
+            return None  # union ControlNets and non-UNet families stay on the host path
+        dtype = control.manual_cast_dtype or module.dtype
+        build = lambda: load_controlnet(module.state_dict(), dtype=dtype, device="cpu")  # noqa: E731
+        load_device, label = control.load_device, "ControlNet from the host's loader"
+    elif type(control) is getattr(comfy.controlnet, "T2IAdapter", None):
+        module = getattr(control, "t2i_model", None)
+        if type(module).__name__ not in ("Adapter", "Adapter_light"):
+            return None  # Stable Cascade controls share the host's T2IAdapter class
+        build = lambda: load_t2i_adapter(module.state_dict(), device="cpu")  # noqa: E731
+        load_device, label = control.device, "T2I-Adapter from the host's loader"
+    if module is None:
         return None
-    module = getattr(control, "control_model", None)
-    if module is None or control.global_average_pooling or control.latent_format is not None:
-        return None
-    if type(module).__name__ != "ControlNet" or getattr(module, "control_add_embedding", None) is not None:
-        return None  # union ControlNets and non-UNet families stay on the host path
     with _CACHE_LOCK:
         cached = _HOST_OBJECT_CACHE.get(module)
         if cached is not None:
             return cached
-        dtype = control.manual_cast_dtype or module.dtype
         try:
-            # Same dtype: the core model shares the host module's tensors (no copy).
-            model = load_controlnet(module.state_dict(), dtype=dtype, device="cpu")
+            model = build()  # same dtype: the core model shares the host module's tensors (no copy)
         except ValueError as exc:  # core cannot read it: stay on the host path
-            log.info("ControlNet from the host loader stays on the host path: %s", exc)
+            log.info("%s stays on the host path: %s", label, exc)
             return None
-        loaded = wrap_model(model, "ControlNet from the host's loader", dtype, control.load_device)
+        loaded = wrap_model(model, label, load_device)
         _HOST_OBJECT_CACHE[module] = loaded
         return loaded
+
+
+def weight_hooks(controls: list[Any]):
+    """One host hook group with the UNet weight patches of these controls (ControlNeXt's fine-tuned
+    UNet subset), or None. The host applies them while sampling with conditioning that carries this
+    control, and restores the weights afterwards."""
+    hooks, seen = [], set()
+    for control in controls:
+        if not isinstance(control, LoadedControl) or id(control) in seen:
+            continue
+        seen.add(id(control))
+        patches = control.model.unet_weight_patches()
+        if not patches:
+            continue
+        import comfy.hooks  # only needed (and only in hosts that have it) when a control patches weights
+
+        hook = comfy.hooks.WeightHook()
+        hook.weights = {f"diffusion_model.{key}": (kind, (tensor,)) for key, (kind, tensor) in patches.items()}
+        hook.need_weight_init = False  # keys are the model's own state-dict names already
+        hooks.append(hook)
+    if not hooks:
+        return None
+    group = comfy.hooks.HookGroup()
+    for hook in hooks:
+        group.add(hook)
+    return group
 
 
 class PackControl(comfy.controlnet.ControlBase):
     """Our control object: the host's ControlBase contract over a controlnet_core ControlStack."""
 
-    def __init__(self, units: list[ControlUnit] | None = None, source: LoadedControlNet | None = None) -> None:
+    def __init__(self, units: list[ControlUnit] | None = None, source: LoadedControl | None = None) -> None:
         super().__init__()
         self.units: list[ControlUnit] = list(units or [])
         # Set only on objects straight out of our loader: used when the host's apply node sets a hint.
@@ -145,8 +195,8 @@ class PackControl(comfy.controlnet.ControlBase):
         self._run_units: list[ControlUnit] = []
         self._entry_ranges: dict[int, tuple[float, float]] = {}
         self._model_sampling = None
-        self._base_name = "the base model"
-        self._expected_channels: list[int] | None = None
+        self._layout: UNetLayout | None = None
+        self.extra_hooks = weight_hooks([unit.net for unit in self.units]) if self.units else self.extra_hooks
 
     # ---- what the units are -------------------------------------------------------------------
     def effective_units(self) -> list[ControlUnit]:
@@ -160,11 +210,17 @@ class PackControl(comfy.controlnet.ControlBase):
                                 label=self.source.name)]
         return []
 
+    def set_cond_hint(self, *args, **kwargs):
+        out = super().set_cond_hint(*args, **kwargs)
+        if not self.units and self.source is not None:  # the host's apply node: its control may patch weights
+            self.extra_hooks = weight_hooks([self.source])
+        return out
+
     def with_units(self, extra: list[ControlUnit]) -> "PackControl":
         """A copy whose stack has `extra` appended (same previous chain)."""
-        copied = self.copy()
-        copied.units = self.effective_units() + list(extra)
-        copied.source = None
+        copied = PackControl(self.effective_units() + list(extra))
+        self.copy_to(copied)
+        copied.extra_hooks = weight_hooks([unit.net for unit in copied.units])
         copied.previous_controlnet = self.previous_controlnet  # copy() leaves the chain to the caller
         return copied
 
@@ -178,20 +234,18 @@ class PackControl(comfy.controlnet.ControlBase):
         super().pre_run(model, percent_to_timestep_function)
         self._model_sampling = model.model_sampling
         config = getattr(model, "model_config", None)
-        unet_config = dict(getattr(config, "unet_config", {}) or {})
-        self._base_name = type(config).__name__ if config is not None else type(model).__name__
-        self._expected_channels = unet_skip_channels(unet_config)
+        base_name = type(config).__name__ if config is not None else type(model).__name__
+        self._layout = UNetLayout.from_unet_config(dict(getattr(config, "unet_config", {}) or {}),
+                                                   f"the base model {base_name}")
         entries = []
         self._entry_ranges = {}
         self._run_units = self.effective_units()
         for unit in self._run_units:
-            loaded: LoadedControlNet = unit.net
-            cfg = loaded.model.config
-            check_controlnet_fits_unet(loaded.name, cfg.family, cfg.residual_channels(), cfg.context_dim,
-                                       cfg.adm_in_channels is not None, self._base_name, unet_config)
-            weights, uncond_strength = mode_settings(unit.mode, loaded.residual_count)
-            entry = ControlEntry(model=loaded.model, image=unit.image, strength=unit.strength, start=unit.start,
-                                 end=unit.end, mask=unit.mask, weights=weights, uncond_strength=uncond_strength)
+            control_model = unit.net.model
+            if self._layout is not None:
+                control_model.check_fits(self._layout)
+            entry = ControlEntry(model=control_model, image=unit.image, strength=unit.strength, start=unit.start,
+                                 end=unit.end, mask=unit.mask, mode=unit.mode, resize_mode=unit.resize_mode)
             self._entry_ranges[id(entry)] = (float(percent_to_timestep_function(unit.start)),
                                              float(percent_to_timestep_function(unit.end)))
             entries.append(entry)
@@ -209,27 +263,27 @@ class PackControl(comfy.controlnet.ControlBase):
             sigma_start, sigma_end = self._entry_ranges[id(entry)]
             return sigma_in_range(sigma, sigma_start, sigma_end)
 
-        loaded = [unit.net for unit in self._run_units]
-        dtype = loaded[0].dtype
         ms = self._model_sampling
-        timestep = ms.timestep(t).to(dtype)
-        x_in = ms.calculate_input(t, x_noisy).to(dtype)
+        x_in = ms.calculate_input(t, x_noisy)
         context = cond.get("crossattn_controlnet", cond["c_crossattn"])
-        context = comfy.model_management.cast_to_device(context, x_noisy.device, dtype)
+        context = comfy.model_management.cast_to_device(context, x_noisy.device, x_noisy.dtype)
         y = cond.get("y")
         if y is not None:
-            y = y.to(device=x_noisy.device, dtype=dtype)
-        residuals = self._stack.residuals(x_in, timestep, context, y=y, percent=None, active=is_active,
-                                          chunk_kinds=transformer_options.get("cond_or_uncond"))
-        if residuals is None:
+            y = y.to(device=x_noisy.device, dtype=x_noisy.dtype)
+        contribution = self._stack.contributions(x_in, ms.timestep(t), context, y=y, active=is_active,
+                                                 chunk_kinds=transformer_options.get("cond_or_uncond"),
+                                                 layout=self._layout)
+        if contribution is None:
             return previous
-        names = ", ".join(sorted({net.name for net in loaded}))
-        check_residual_shapes(names, self._base_name, residuals.down, residuals.mid, x_noisy, self._expected_channels)
-        ours = {"input": [], "middle": [residuals.mid], "output": list(residuals.down)}
-        return sum_controls(previous, ours)
+        names = ", ".join(sorted({unit.net.name for unit in self._run_units}))
+        check_contribution(names, self._layout, contribution, x_noisy)
+        add_transformer_patches(transformer_options, stream_patches(contribution))
+        num_blocks = self._layout.num_input_blocks if self._layout is not None else max(
+            [*contribution.skips, *contribution.encoder, -1]) + 1
+        return sum_controls(previous, host_control_dict(contribution, num_blocks))
 
     def cleanup(self) -> None:
-        self._stack = None  # drops the cached hint embeddings with it
+        self._stack = None  # drops the cached per-image work with it
         self._run_units = []
         self._entry_ranges = {}
         self._model_sampling = None

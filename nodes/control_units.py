@@ -1,74 +1,42 @@
-"""Host-independent pieces of the node layer: control modes, the per-entry settings, UNet fit checks.
+"""Host-independent pieces of the node layer: the per-entry settings a node collects, and the
+translation of a controlnet_core Contribution into what the host's UNet reads.
 
 Nothing here imports ComfyUI, so CI tests it directly. `control_object.py` and
 `controlnet_nodes.py` build on it inside the host.
+
+What the host's UNet (ComfyUI's openaimodel) reads, per call:
+- control["output"]: popped from the end as the decoder reads each skip, so entry i is added to
+  skip i (the output of input block i);
+- control["middle"]: added after the middle block;
+- control["input"]: popped from the end after every input block and added in place before the
+  skip is stored, so entry n-1-k is added after input block k;
+- transformer_options["patches"]["input_block_patch_after_skip"] / ["output_block_patch"]:
+  functions of the hidden state, called after skip k is stored and at each output block.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from ..controlnet_core import ControlNetError, InputError
+from ..controlnet_core.hint import RESIZE_MODES, as_image_batch
+from ..controlnet_core.modes import MODE_BALANCED, check_mode
+from ..controlnet_core.protocol import Contribution, UNetLayout
 
-# Control modes as ComfyUI/A1111 users know them. The strings are part of the saved-workflow
-# contract: never rename one (add an alias in MODE_ALIASES instead).
-MODE_BALANCED = "balanced"
-MODE_PROMPT = "prompt is more important"
-MODE_CONTROLNET = "ControlNet is more important"
-CONTROL_MODES = (MODE_BALANCED, MODE_PROMPT, MODE_CONTROLNET)
-MODE_ALIASES = {"Balanced": MODE_BALANCED, "My prompt is more important": MODE_PROMPT}
-
-# A1111's soft-injection base (sd-webui-controlnet, and "guess mode" of the original ControlNet):
-# residual i of 13 (12 skips in encoder order, then the middle block) gets strength·0.825^(12−i).
-SOFT_INJECTION_BASE = 0.825
+AFTER_SKIP_PATCH = "input_block_patch_after_skip"
+OUTPUT_BLOCK_PATCH = "output_block_patch"
 
 
-def soft_injection_weights(residual_count: int) -> list[float]:
-    """Per-residual multipliers for the two non-balanced modes, in core order (down..., mid).
-
-    With n = residual_count − 1 down residuals (12 for SD1.x/SD2.x, 9 for SDXL), residual i gets
-    0.825^(n − i): the middle block keeps 1.0, the deepest skip 0.825, …, the shallowest skip
-    (the conv_in output) 0.825^n (0.0995 for SD1.5, 0.177 for SDXL). This is A1111's
-    `[w * 0.825 ** (12 - i) for i in range(13)]`, extended to other residual counts by the same rule.
-    """
-    if residual_count < 1:
-        raise ValueError(f"soft_injection_weights: expected at least one residual, found {residual_count}")
-    last = residual_count - 1
-    return [SOFT_INJECTION_BASE ** float(last - i) for i in range(residual_count)]
-
-
-def normalise_mode(mode: str) -> str:
-    mode = MODE_ALIASES.get(mode, mode)
-    if mode not in CONTROL_MODES:
-        raise InputError(f"control mode: expected one of {list(CONTROL_MODES)}, found {mode!r}")
-    return mode
-
-
-def mode_settings(mode: str, residual_count: int) -> tuple[list[float] | None, float]:
-    """(per-residual weights or None, uncond multiplier) for a control mode.
-
-    balanced                      : weights None (all 1), control on cond and uncond rows.
-    prompt is more important      : soft weights, control on cond and uncond rows.
-    ControlNet is more important  : soft weights, control on cond rows only (uncond gets 0),
-                                    as A1111's cfg_injection + soft_injection and the original
-                                    ControlNet's guess mode.
-    """
-    mode = normalise_mode(mode)
-    if mode == MODE_BALANCED:
-        return None, 1.0
-    weights = soft_injection_weights(residual_count)
-    return weights, (0.0 if mode == MODE_CONTROLNET else 1.0)
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ControlUnit:
-    """One entry of a stack as the user set it in a node: which ControlNet, which image, how much.
+    """One entry of a stack as the user set it in a node: which control, which image, how much.
 
-    `net` is a `LoadedControlNet` (see control_object.py) or, for a host object the core cannot run,
-    that host object itself. `image` is a ComfyUI IMAGE (B×H×W×C in [0, 1]).
-    """
+    `net` is a `LoadedControl` (see control_object.py) or, for a host object the core cannot run,
+    that host object itself. `image` is a ComfyUI IMAGE (B×H×W×C in [0, 1]). Units compare by
+    identity: the same unit reaching a node twice is the same entry applied twice."""
 
     net: Any
     image: torch.Tensor
@@ -78,6 +46,7 @@ class ControlUnit:
     mask: torch.Tensor | None = None
     mode: str = MODE_BALANCED
     label: str = ""
+    resize_mode: str = "crop_and_resize"
 
     def __post_init__(self) -> None:
         name = self.label or "ControlNet entry"
@@ -87,74 +56,91 @@ class ControlUnit:
         if not 0.0 <= self.start <= self.end <= 1.0:
             raise InputError(
                 f"{name}: expected 0 ≤ start_percent ≤ end_percent ≤ 1, found start {self.start}, end {self.end}")
-        object.__setattr__(self, "mode", normalise_mode(self.mode))
+        as_image_batch(self.image, f"{name}: control image")  # refuse an empty, tiny or NaN image now, not mid-run
+        check_mode(self.mode)
+        if self.resize_mode not in RESIZE_MODES:
+            raise InputError(f"{name}: resize_mode: expected one of {list(RESIZE_MODES)}, found {self.resize_mode!r}")
         # Mask size and batch are checked by controlnet_core (prepare_mask) against the image and the
         # generation size, which is only known at sampling time.
 
 
-def unet_skip_channels(unet_config: dict) -> list[int] | None:
-    """Channels of the UNet's skip inputs in encoder order, then the middle block, from the
-    host's unet_config; None when the config is not an ldm-style UNet (then no early check)."""
-    try:
-        model_channels = int(unet_config["model_channels"])
-        channel_mult = list(unet_config["channel_mult"])
-        num_res_blocks = unet_config["num_res_blocks"]
-    except (KeyError, TypeError):
-        return None
-    if isinstance(num_res_blocks, int):
-        num_res_blocks = [num_res_blocks] * len(channel_mult)
-    channels = [model_channels]
-    for level, mult in enumerate(channel_mult):
-        channels += [mult * model_channels] * int(num_res_blocks[level])
-        if level != len(channel_mult) - 1:
-            channels.append(mult * model_channels)
-    return channels + [channel_mult[-1] * model_channels]
+def host_control_dict(contribution: Contribution, num_input_blocks: int) -> dict[str, list]:
+    """The host's control dict for a Contribution (lists only for what it holds)."""
+    out: dict[str, list] = {}
+    if contribution.skips:
+        out["output"] = [contribution.skips.get(i) for i in range(num_input_blocks)]
+    if contribution.middle is not None:
+        out["middle"] = [contribution.middle]
+    if contribution.encoder:
+        encoder = [None] * num_input_blocks
+        for block, tensor in contribution.encoder.items():
+            encoder[num_input_blocks - 1 - block] = tensor
+        out["input"] = encoder
+    return out
 
 
-def check_controlnet_fits_unet(net_name: str, net_family: str, net_channels: Sequence[int], net_context_dim: int,
-                               net_needs_y: bool, base_name: str, unet_config: dict) -> None:
-    """Raise ControlNetError naming both models when a ControlNet cannot feed this UNet.
+def stream_patches(contribution: Contribution) -> dict[str, list[Callable]]:
+    """Host transformer patches that add the contribution's stream functions at their points."""
+    patches: dict[str, list[Callable]] = {}
+    points = {point for point in contribution.stream if point is not None}
+    if points:
+        def after_skip(h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
+            kind, index = transformer_options.get("block", (None, None))
+            if kind == "input" and index in points:
+                h = h + contribution.stream_addition(index, h).to(h.dtype)
+            return h
 
-    Checked before sampling so the user sees the mismatch at once, instead of the host's
-    'control could not be applied' log line and an uncontrolled image.
-    """
-    expected = unet_skip_channels(unet_config)
-    problems = []
-    if expected is not None and list(net_channels) != expected:
-        problems.append(f"its {len(net_channels)} residuals have channels {list(net_channels)}, "
-                        f"the UNet's {len(expected)} skips have {expected}")
-    unet_context = unet_config.get("context_dim")
-    if unet_context is not None and net_context_dim != unet_context:
-        problems.append(f"it reads text embeddings of width {net_context_dim}, the model gives {unet_context}")
-    unet_has_y = unet_config.get("adm_in_channels") is not None or unet_config.get("num_classes") is not None
-    if net_needs_y and not unet_has_y:
-        problems.append("it needs the pooled-text/size vector (y) that this model does not provide")
-    if problems:
-        raise ControlNetError(
-            f"ControlNet {net_name!r} ({net_family}) does not fit the base model {base_name}: "
-            + "; ".join(problems) + f". Use a ControlNet trained for {base_name}.")
+        patches[AFTER_SKIP_PATCH] = [after_skip]
+    if None in contribution.stream:
+        def after_middle(h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
+            if transformer_options.get("block") == ("output", 0):  # h is still the middle block's output
+                h = h + contribution.stream_addition(None, h).to(h.dtype)
+            return h, hsp
+
+        patches[OUTPUT_BLOCK_PATCH] = [after_middle]
+    return patches
 
 
-def check_residual_shapes(net_name: str, base_name: str, down: Sequence[torch.Tensor], mid: torch.Tensor,
-                          x: torch.Tensor, expected_channels: Sequence[int] | None) -> None:
-    """Last line of defence at every call: each residual must add onto the UNet tensor it targets."""
-    if expected_channels is None:
+def add_transformer_patches(transformer_options: dict, patches: dict[str, list[Callable]]) -> None:
+    """Add `patches` to this call's transformer options without touching lists the host may share
+    with the model's own options (the dicts and lists are replaced, never mutated)."""
+    if not patches:
         return
-    found = [tuple(t.shape) for t in (*down, mid)]
-    if len(found) != len(expected_channels):
-        raise ControlNetError(
-            f"ControlNet {net_name!r} gave {len(found)} residuals but the base model {base_name} takes "
-            f"{len(expected_channels)}")
-    height, width = x.shape[-2:]
-    for index, (shape, channels) in enumerate(zip(found, expected_channels)):
-        if shape[0] != x.shape[0] or shape[1] != channels:
+    merged = dict(transformer_options.get("patches", {}))
+    for name, functions in patches.items():
+        merged[name] = list(merged.get(name, [])) + list(functions)
+    transformer_options["patches"] = merged
+
+
+def check_contribution(names: str, layout: UNetLayout | None, contribution: Contribution, x: torch.Tensor) -> None:
+    """Last line of defence at every call: each tensor must add onto the UNet tensor it targets (the
+    host only logs 'control could not be applied' and goes on uncontrolled)."""
+    if layout is None:
+        return
+    batch, (height, width) = x.shape[0], x.shape[-2:]
+    expected = {("skip", i): (c, d) for i, (c, d) in enumerate(zip(layout.block_channels, layout.block_downscale))}
+    items = [(("skip", i), t) for i, t in contribution.skips.items()]
+    items += [(("skip", k), t) for k, t in contribution.encoder.items()]  # the stream there has the skip's shape
+    if contribution.middle is not None:
+        expected[("middle", 0)] = (layout.middle_channels, layout.block_downscale[-1])
+        items.append((("middle", 0), contribution.middle))
+    for where, tensor in items:
+        if where not in expected:
+            raise ControlNetError(f"{names} add to {where[0]} {where[1]}, which {layout.name} does not have "
+                                  f"({layout.num_input_blocks} input blocks)")
+        channels, downscale = expected[where]
+        size = (-(-height // downscale), -(-width // downscale))
+        if tensor.shape[0] != batch or tensor.shape[1] != channels or tuple(tensor.shape[-2:]) != size:
             raise ControlNetError(
-                f"ControlNet {net_name!r} residual {index} has shape {shape}, but the base model {base_name} "
-                f"expects batch {x.shape[0]} and {channels} channels at that skip (latent {height}×{width})")
+                f"{names} give a tensor of shape {tuple(tensor.shape)} for {where[0]} {where[1]}, but {layout.name} "
+                f"expects batch {batch}, {channels} channels and {size[0]}×{size[1]} there (latent {height}×{width})")
 
 
 def sum_controls(first: dict | None, second: dict | None) -> dict | None:
-    """Elementwise sum of two host control dicts ({'input'|'middle'|'output': [tensor|None]})."""
+    """Elementwise sum of two host control dicts ({'input'|'middle'|'output': [tensor|None]}).
+
+    Lists are aligned at their ends, because the UNet pops them from the end: a list that is longer
+    (the host's SDXL T2I-Adapter carries one unused leading slot) still meets the right block."""
     if first is None:
         return second
     if second is None:
@@ -163,8 +149,8 @@ def sum_controls(first: dict | None, second: dict | None) -> dict | None:
     for key in set(first) | set(second):
         a, b = list(first.get(key, [])), list(second.get(key, []))
         length = max(len(a), len(b))
-        a += [None] * (length - len(a))
-        b += [None] * (length - len(b))
+        a = [None] * (length - len(a)) + a
+        b = [None] * (length - len(b)) + b
         merged[key] = [x if y is None else y if x is None else x + y for x, y in zip(a, b)]
     return merged
 

@@ -1,11 +1,12 @@
-"""ComfyUI nodes: LoadControlNet, ApplyControlNet, MultiControlStack.
+"""ComfyUI nodes: LoadControlNet, ApplyControlNet, MultiControlStack, for every control system the
+pack runs (ControlNet, T2I-Adapter, ControlNeXt), mixed freely in one stack.
 
 A thin layer: ComfyUI types in, controlnet_core entries out (see control_object.PackControl).
 
 The node interface (class keys, input names and order, types) is a public contract: shared
 workflow JSON files store inputs by name and widget values by position. tests/test_node_interface.py
-snapshots it. To change it deliberately, only ADD optional inputs at the end, keep old combo values
-working (control_units.MODE_ALIASES), and update the snapshot in the same commit.
+snapshots it. To change it deliberately, only ADD optional inputs at the end, never rename a combo
+value, and update the snapshot in the same commit.
 """
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import comfy.utils
 import folder_paths
 
 from ..controlnet_core import InputError
-from .control_object import LoadedControlNet, PackControl, from_host_controlnet, load_file
-from .control_units import CONTROL_MODES, MODE_BALANCED, ControlUnit
+from ..controlnet_core.hint import RESIZE_MODES
+from ..controlnet_core.modes import CONTROL_MODES, MODE_BALANCED
+from .control_object import LoadedControl, PackControl, from_host_controlnet, load_file
+from .control_units import ControlUnit
 
 KEY_PREFIX = "ControlNetPack_"
 CATEGORY = "conditioning/controlnet pack"
@@ -24,8 +27,12 @@ STACK_TYPE = "CONTROLNET_PACK_STACK"  # namespaced: a bare CONTROL_STACK would w
 STACK_SLOTS = 3
 MODELS_FOLDER = "controlnet"
 
+NO_COMPANION = "none"
+COMPANION_KINDS = {"auto": "auto", "deltas": "delta", "full values": "full"}
+
 STRENGTH = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01,
-                      "tooltip": "Multiplier on this ControlNet's residuals. 0 turns it off; 1 is the trained strength."})
+                      "tooltip": "Multiplier on what this control adds (ControlNet residuals, T2I-Adapter features, "
+                                 "the ControlNeXt feature). 0 turns it off; 1 is the trained strength."})
 START = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
                    "tooltip": "Fraction of the sampling schedule where the control starts (0 = first step). "
                               "Same sigma semantics as the host's Apply ControlNet."})
@@ -33,14 +40,21 @@ END = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
                  "tooltip": "Fraction of the sampling schedule where the control stops (1 = last step)."})
 MODE = (list(CONTROL_MODES), {"default": MODE_BALANCED,
                               "tooltip": "balanced: control on positive and negative. "
-                                         "prompt is more important: residual i of 13 scaled by 0.825^(12−i) "
-                                         "(middle 1.0 … shallowest 0.10), on both. "
+                                         "prompt is more important: A1111's soft weights, on both (ControlNet: the "
+                                         "shallowest skip 0.825^12 rising to the middle, 1.0 on SD1.x, 0.825^3 on SDXL; "
+                                         "T2I-Adapter: its features ×0.25, 0.62, 0.825, 1; not for ControlNeXt). "
                                          "ControlNet is more important: the same soft weights, positive only."})
+RESIZE = (list(RESIZE_MODES), {"default": "crop_and_resize",
+                               "tooltip": "How the control image is fitted to the generation: crop_and_resize "
+                                          "(centre crop, the host's), just_resize (stretch) or resize_and_fill "
+                                          "(letterbox with the edge colour)."})
 MASK_TOOLTIP = ("Optional MASK, same width and height as the control image: the control acts only where "
                 "the mask is 1 (soft values blend).")
 IMAGE_TOOLTIP = ("Control image (pose skeleton, depth map, edges…), values 0–1. Resized to the latent size ×8 "
-                 "with the host's centre crop. Batch 1 applies to every latent; otherwise one per latent.")
-CONTROL_NET_TOOLTIP = "A ControlNet from LoadControlNet or from the host's own Load ControlNet Model node."
+                 "(see resize_mode). Batch 1 applies to every latent; N frames pair with N latents (more frames: the "
+                 "first ones; a divisor of the latent batch repeats in turn).")
+CONTROL_NET_TOOLTIP = ("A ControlNet, T2I-Adapter or ControlNeXt from LoadControlNet, or a CONTROL_NET from the "
+                       "host's own Load ControlNet Model node.")
 
 
 def controlnet_folders() -> list[str]:
@@ -64,7 +78,8 @@ def resolve_controlnet_path(name: str) -> str:
     return path
 
 
-def as_unit(control_net, image, strength: float, start: float, end: float, mask, mode: str, label: str) -> ControlUnit:
+def as_unit(control_net, image, strength: float, start: float, end: float, mask, mode: str, label: str,
+            resize_mode: str = "crop_and_resize") -> ControlUnit:
     """One stack entry from node inputs; a host CONTROL_NET is run through our core when it can be."""
     if isinstance(control_net, PackControl):
         if control_net.source is None:
@@ -76,13 +91,14 @@ def as_unit(control_net, image, strength: float, start: float, end: float, mask,
         if net is None:
             if not hasattr(control_net, "set_cond_hint"):
                 raise InputError(f"{label}: control_net must be a CONTROL_NET, found {type(control_net).__name__}")
-            if mask is not None or mode != MODE_BALANCED:
+            if mask is not None or mode != MODE_BALANCED or resize_mode != "crop_and_resize":
                 raise InputError(
                     f"{label}: this {type(control_net).__name__} runs on the host's own code path, which has no "
-                    "mask or control mode; use mode 'balanced' and no mask, or load a ControlNet with LoadControlNet")
+                    "mask, control mode or resize mode; use mode 'balanced', crop_and_resize and no mask, or load the "
+                    "file with LoadControlNet")
             net = control_net
     return ControlUnit(net=net, image=image, strength=float(strength), start=float(start), end=float(end),
-                       mask=mask, mode=mode, label=label)
+                       mask=mask, mode=mode, label=label, resize_mode=resize_mode)
 
 
 def apply_units(positive: list, negative: list, units: list[ControlUnit]) -> tuple[list, list]:
@@ -96,8 +112,9 @@ def apply_units(positive: list, negative: list, units: list[ControlUnit]) -> tup
     units = [unit for unit in units if unit.strength != 0.0]
     if not units:
         return positive, negative
-    ours = [unit for unit in units if isinstance(unit.net, LoadedControlNet)]
-    foreign = [unit for unit in units if not isinstance(unit.net, LoadedControlNet)]
+    _refuse_reapplied(units, positive + negative)
+    ours = [unit for unit in units if isinstance(unit.net, LoadedControl)]
+    foreign = [unit for unit in units if not isinstance(unit.net, LoadedControl)]
     built: dict = {}
 
     def chain_onto(previous):
@@ -131,29 +148,64 @@ def apply_units(positive: list, negative: list, units: list[ControlUnit]) -> tup
     return attach(positive), attach(negative)
 
 
+def _refuse_reapplied(units: list[ControlUnit], conditioning: list) -> None:
+    """An entry must never be applied twice: refuse units that the conditioning already carries
+    (the usual cause: a MultiControlStack fed both another stack node's conditioning and its stack)."""
+    applied = []
+    for _, meta in conditioning:
+        control = meta.get("control")
+        while control is not None:
+            if isinstance(control, PackControl):
+                applied += control.units
+            control = getattr(control, "previous_controlnet", None)
+    again = [unit for unit in units if any(unit is other for other in applied)]
+    if again:
+        labels = ", ".join(unit.label or unit.net.name for unit in again)
+        raise InputError(
+            f"{labels} would be applied twice: the conditioning already carries {'it' if len(again) == 1 else 'them'} "
+            "(it comes from the node that built this stack). Connect that node's stack output or its positive/"
+            "negative outputs to this node, not both.")
+
+
 class LoadControlNet:
-    DESCRIPTION = ("Loads a ControlNet (SD1.x, SD2.x, SDXL; .safetensors, ldm or diffusers layout) from ComfyUI's "
-                   "controlnet models folder. The output is a standard CONTROL_NET: it works with this pack's "
-                   "apply nodes and with the host's own Apply ControlNet. Loading the same file twice reuses "
-                   "the weights.")
+    DESCRIPTION = ("Loads a control model from ComfyUI's controlnet models folder: a ControlNet (SD1.x, SD2.x, SDXL; "
+                   "original or diffusers layout), a T2I-Adapter (full, XL or light) or a ControlNeXt module (with its "
+                   "UNet weights as the optional second file). The output is a standard CONTROL_NET: it works with "
+                   "this pack's apply nodes and with the host's own Apply ControlNet. Files the pack does not run "
+                   "(Union, Control-LoRA, LLLite, style adapters, SD3/Flux ControlNets) get an error naming the node "
+                   "to use instead. Loading the same file twice reuses the weights.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("CONTROL_NET",)
     RETURN_NAMES = ("control_net",)
-    OUTPUT_TOOLTIPS = ("The loaded ControlNet, in the dtype the host picks for this device.",)
+    OUTPUT_TOOLTIPS = ("The loaded control, stored in the dtype the host picks for this device.",)
     FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls):
+        files = folder_paths.get_filename_list(MODELS_FOLDER)
         return {"required": {
-            "control_net_name": (folder_paths.get_filename_list(MODELS_FOLDER),
-                                 {"tooltip": "A file in ComfyUI's models/controlnet folder (or a path from "
-                                             "extra_model_paths.yaml)."}),
+            "control_net_name": (files, {"tooltip": "A file in ComfyUI's models/controlnet folder (or a path from "
+                                                    "extra_model_paths.yaml)."}),
+        }, "optional": {
+            "unet_weights": ([NO_COMPANION] + list(files), {
+                "default": NO_COMPANION,
+                "tooltip": "ControlNeXt only: the UNet weights that ship beside the module (unet.safetensors, "
+                           "unet_weight_increasements.safetensors). They are applied to the model while this control "
+                           "is on the conditioning, and removed afterwards. Leave at 'none' for other files."}),
+            "unet_weights_kind": (list(COMPANION_KINDS), {
+                "default": "auto",
+                "tooltip": "Whether the ControlNeXt UNet weights are deltas (added to the model's) or full values "
+                           "(replacing them). auto reads the file name, then the weights' magnitudes."}),
         }}
 
-    def load(self, control_net_name: str):
+    def load(self, control_net_name: str, unet_weights: str = NO_COMPANION, unet_weights_kind: str = "auto"):
         path = resolve_controlnet_path(control_net_name)
+        companion = None if unet_weights in (None, "", NO_COMPANION) else resolve_controlnet_path(unet_weights)
+        if unet_weights_kind not in COMPANION_KINDS:
+            raise InputError(f"unet_weights_kind: expected one of {list(COMPANION_KINDS)}, found {unet_weights_kind!r}")
         progress = comfy.utils.ProgressBar(2)
-        loaded = load_file(path, control_net_name, progress=progress.update)
+        loaded = load_file(path, control_net_name, companion, COMPANION_KINDS[unet_weights_kind],
+                           progress=progress.update)
         progress.update_absolute(2)
         return (PackControl(source=loaded),)
 
@@ -183,12 +235,14 @@ class ApplyControlNet:
             "optional": {
                 "mask": ("MASK", {"tooltip": MASK_TOOLTIP}),
                 "control_mode": MODE,
+                "resize_mode": RESIZE,
             },
         }
 
     def apply(self, positive, negative, control_net, image, strength, start_percent, end_percent,
-              mask=None, control_mode=MODE_BALANCED):
-        unit = as_unit(control_net, image, strength, start_percent, end_percent, mask, control_mode, "ApplyControlNet")
+              mask=None, control_mode=MODE_BALANCED, resize_mode="crop_and_resize"):
+        unit = as_unit(control_net, image, strength, start_percent, end_percent, mask, control_mode, "ApplyControlNet",
+                       resize_mode)
         return apply_units(positive, negative, [unit])
 
 
@@ -225,6 +279,8 @@ class MultiControlStack:
             optional[f"control_net_{slot}"] = ("CONTROL_NET", {"tooltip": f"Entry {slot}: {CONTROL_NET_TOOLTIP}"})
             optional[f"image_{slot}"] = ("IMAGE", {"tooltip": f"Entry {slot}: {IMAGE_TOOLTIP}"})
             optional[f"mask_{slot}"] = ("MASK", {"tooltip": f"Entry {slot}: {MASK_TOOLTIP}"})
+        for slot in range(1, STACK_SLOTS + 1):  # added later: optional inputs keep old workflows loading
+            optional[f"resize_mode_{slot}"] = RESIZE
         return {"required": required, "optional": optional}
 
     def apply(self, positive=None, negative=None, stack=None, **slots):
@@ -241,7 +297,8 @@ class MultiControlStack:
                 raise InputError(f"{label}: {missing}_{slot} is not connected; connect it or switch the entry off")
             units.append(as_unit(control_net, image, slots.get(f"strength_{slot}", 1.0),
                                  slots.get(f"start_percent_{slot}", 0.0), slots.get(f"end_percent_{slot}", 1.0),
-                                 slots.get(f"mask_{slot}"), slots.get(f"control_mode_{slot}", MODE_BALANCED), label))
+                                 slots.get(f"mask_{slot}"), slots.get(f"control_mode_{slot}", MODE_BALANCED), label,
+                                 slots.get(f"resize_mode_{slot}", "crop_and_resize")))
         out_positive, out_negative = apply_units(positive or [], negative or [], units)
         return (out_positive, out_negative, tuple(units))
 
@@ -251,8 +308,11 @@ NODE_CLASS_MAPPINGS = {
     f"{KEY_PREFIX}ApplyControlNet": ApplyControlNet,
     f"{KEY_PREFIX}MultiControlStack": MultiControlStack,
 }
+# Display names differ from the host's "Load ControlNet Model" / "Apply ControlNet" in the node search;
+# the class keys above are the saved-workflow contract and never change.
+DISPLAY_SUFFIX = " (ControlNet Pack)"  # the preprocessor nodes end the same way
 NODE_DISPLAY_NAME_MAPPINGS = {
-    f"{KEY_PREFIX}LoadControlNet": "LoadControlNet",
-    f"{KEY_PREFIX}ApplyControlNet": "ApplyControlNet",
-    f"{KEY_PREFIX}MultiControlStack": "MultiControlStack",
+    f"{KEY_PREFIX}LoadControlNet": "Load Control Model" + DISPLAY_SUFFIX,
+    f"{KEY_PREFIX}ApplyControlNet": "Apply Control" + DISPLAY_SUFFIX,
+    f"{KEY_PREFIX}MultiControlStack": "Multi-Control Stack" + DISPLAY_SUFFIX,
 }

@@ -4,21 +4,26 @@ Everything about an annotator (parameters, defaults, ranges, help, weight files)
 ``annotators.registry``; this module only turns that table into node inputs, converts between
 ComfyUI tensors and numpy, drives the host's progress bar over the batch, and saves a preview.
 Neural weights are read from ``models/annotators`` (registered with folder_paths, so
-extra_model_paths.yaml can add more folders); nothing is ever downloaded.
+extra_model_paths.yaml can add more folders); nothing is ever downloaded. Their torch modules are
+handed to the host's model manager (a ModelPatcher loaded with ``load_models_gpu``), which moves
+them to the GPU for a run and offloads them like any other model when memory is needed.
 """
 from __future__ import annotations
 
 import os
 import random
+import weakref
 from typing import Any
 
 import comfy.model_management
+import comfy.model_patcher
 import comfy.utils
 import folder_paths
 import numpy as np
 import torch
 from PIL import Image
 
+from ..annotators import neural
 from ..annotators.common import MissingWeightsError
 from ..annotators.registry import (
     INPUT_DEPTH,
@@ -33,6 +38,9 @@ from ..annotators.registry import (
 
 KEY_PREFIX = "ControlNetPack_"
 CATEGORY = "conditioning/controlnet pack/preprocessors"
+# Appended to every display name: the host has a "Canny" node and comfyui_controlnet_aux an
+# "Inpaint Preprocessor", "Tile", "Content Shuffle", ...; the search must tell ours apart.
+PACK_LABEL = " (ControlNet Pack)"
 MODELS_FOLDER = "annotators"
 MAX_RESOLUTION = 8192
 PREVIEW_MAX_FRAMES = 16  # a long video batch would otherwise write every frame to the temp folder
@@ -61,9 +69,10 @@ def comfy_input(spec: ParamSpec) -> tuple:
 
 
 def resolution_input(default: int) -> tuple:
-    return ("INT", {"default": default, "min": 64, "max": MAX_RESOLUTION, "step": 1,
-                    "tooltip": "Detection short side in pixels (padded to a multiple of 64 inside). "
-                               "The map is returned at the input's own size either way."})
+    return ("INT", {"default": default, "min": 0, "max": MAX_RESOLUTION, "step": 1,
+                    "tooltip": "Detection short side in pixels, 64 or more (padded to a multiple of 64 inside); "
+                               "0 detects at the input's own size. The map is returned at the input's own size "
+                               "either way."})
 
 
 MASK_INPUT = ("MASK", {"tooltip": "Pixels to repaint (1 = masked). Resized to the image if the sizes differ."})
@@ -80,6 +89,39 @@ def models_dir_for(spec: AnnotatorSpec) -> str:
         if os.path.isfile(os.path.join(folder, main_file.file_name)):
             return folder
     raise MissingWeightsError(main_file.file_name, folders[0], annotator=spec.display_name, source=main_file.source)
+
+
+class AnnotatorModels(torch.nn.ModuleList):
+    """The torch modules of one annotator as one model for the host ("Requested to load AnnotatorModels")."""
+
+
+# One ModelPatcher per loaded detector, kept as long as the detector is (annotators caches it).
+_PATCHERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def load_managed_detector(spec: AnnotatorSpec, folder: str) -> Any:
+    """Load ``spec``'s detector (on the CPU, cached) and have the host place its torch modules.
+
+    The modules go into a ModelPatcher (load device: the host's torch device; offload device: where
+    it parks UNets) and through ``load_models_gpu``, so they count against the host's memory budget,
+    move to the GPU for this run, and are offloaded by the host when another model needs the room.
+    The detector then runs wherever its modules are.
+    """
+    detector = neural.detector_for(spec.alias_of or spec.name, folder)  # an alias runs its base's detector
+    patcher = _PATCHERS.get(detector)
+    if patcher is None:
+        modules = AnnotatorModels(neural.torch_modules(detector))
+        patcher = comfy.model_patcher.ModelPatcher(
+            modules, load_device=comfy.model_management.get_torch_device(),
+            offload_device=comfy.model_management.unet_offload_device(),
+        )
+        _PATCHERS[detector] = patcher
+    # Full load: these are plain torch modules, which cannot run with part of their weights elsewhere.
+    comfy.model_management.load_models_gpu([patcher], force_full_load=True)
+    devices = {parameter.device for parameter in patcher.model.parameters()}
+    if len(devices) > 1:  # a --novram host may still load partially: keep the run on one device
+        patcher.model.to(patcher.load_device)
+    return detector
 
 
 def save_preview(maps: np.ndarray) -> list[dict]:
@@ -117,7 +159,11 @@ def run_node(spec: AnnotatorSpec, primary: Any, *, resolution: int | None, mask:
     extra: dict[str, Any] = {}
     if spec.weights:
         extra["models_dir"] = models_dir_for(spec)
-        extra["device"] = comfy.model_management.get_torch_device()
+        if (spec.alias_of or spec.name) in neural.DETECTORS:
+            load_managed_detector(spec, extra["models_dir"])
+            extra["device"] = None  # run where the host put the modules
+        else:  # an annotator whose detector the node layer does not know how to hand to the host
+            extra["device"] = comfy.model_management.get_torch_device()
     if spec.needs_mask:
         extra["mask"] = None if mask is None else mask.detach().cpu().float().numpy()
     result = run_annotator(
@@ -136,13 +182,14 @@ class Preprocessor:
     DESCRIPTION = (
         "Makes a ControlNet control map from an image with any annotator, using its default settings. "
         "Works offline; neural types read their weights from models/annotators. The map has the input's "
-        "size, aligned pixel for pixel. POSE_KEYPOINT is filled for openpose, empty otherwise."
+        "size, aligned pixel for pixel. POSE_KEYPOINT is filled for the pose types (openpose, openpose_face, "
+        "openpose_full, dwpose), empty otherwise."
     )
     CATEGORY = CATEGORY
     FUNCTION = "preprocess"
     RETURN_TYPES = ("IMAGE", "POSE_KEYPOINT")
     RETURN_NAMES = ("control_map", "pose_keypoint")
-    OUTPUT_TOOLTIPS = ("The control map, same size as the input.", "OpenPose keypoints (openpose only; else empty).")
+    OUTPUT_TOOLTIPS = ("The control map, same size as the input.", "Pose keypoints (pose types only; else empty).")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -165,6 +212,11 @@ class Preprocessor:
         return returned
 
 
+def node_class_name(spec: AnnotatorSpec) -> str:
+    """``depth_leres++`` → ``DepthLeresPlusPlusPreprocessor``: letters and digits only, so the key is URL-safe."""
+    return f"{spec.name.title().replace('_', '').replace('+', 'Plus')}Preprocessor"
+
+
 def _dedicated_node(spec: AnnotatorSpec) -> type:
     """A node class exposing every parameter of ``spec``."""
     name, comfy_type, tooltip = PRIMARY_INPUTS[spec.input_kind]
@@ -173,10 +225,13 @@ def _dedicated_node(spec: AnnotatorSpec) -> type:
         required["mask"] = MASK_INPUT
     if spec.uses_resolution:
         required["resolution"] = resolution_input(spec.default_resolution)
+    optional: dict[str, tuple] = {}
     for param in spec.params:
-        required[param.name] = comfy_input(param)
+        (optional if param.added_later else required)[param.name] = comfy_input(param)
     with_pose = spec.outputs_pose or spec.input_kind == INPUT_POSE
     weights = f" Needs {', '.join(w.file_name for w in spec.weights)} in models/annotators." if spec.weights else ""
+    if spec.requires:
+        weights += f" Needs the Python package {', '.join(spec.requires)} (see the pack's annotators/README.md)."
 
     def preprocess(self: Any, **kwargs: Any) -> dict:
         primary = kwargs.pop(name)
@@ -185,7 +240,7 @@ def _dedicated_node(spec: AnnotatorSpec) -> type:
         return run_node(spec, primary, resolution=resolution, mask=mask, **kwargs)
 
     return type(
-        f"{spec.name.title().replace('_', '')}Preprocessor",
+        node_class_name(spec),
         (),
         {
             "DESCRIPTION": f"{spec.description} Output at the input's size, aligned pixel for pixel.{weights}",
@@ -193,16 +248,22 @@ def _dedicated_node(spec: AnnotatorSpec) -> type:
             "FUNCTION": "preprocess",
             "RETURN_TYPES": ("IMAGE", "POSE_KEYPOINT") if with_pose else ("IMAGE",),
             "RETURN_NAMES": ("control_map", "pose_keypoint") if with_pose else ("control_map",),
-            "INPUT_TYPES": classmethod(lambda cls: {"required": dict(required)}),
+            "INPUT_TYPES": classmethod(lambda cls: {"required": dict(required), "optional": dict(optional)}),
             "preprocess": preprocess,
         },
     )
 
 
+def display_name(spec: AnnotatorSpec) -> str:
+    """``Canny edges Preprocessor (ControlNet Pack)``; the pose renderer is not a preprocessor."""
+    base = spec.display_name if spec.input_kind == INPUT_POSE else f"{spec.display_name} Preprocessor"
+    return base + PACK_LABEL
+
+
 NODE_CLASS_MAPPINGS: dict[str, type] = {f"{KEY_PREFIX}Preprocessor": Preprocessor}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {f"{KEY_PREFIX}Preprocessor": "Preprocessor"}
-for _spec in REGISTRY.values():
-    if _spec.params:
-        _key = f"{KEY_PREFIX}{_spec.name.title().replace('_', '')}Preprocessor"
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {f"{KEY_PREFIX}Preprocessor": "Preprocessor" + PACK_LABEL}
+for _spec in REGISTRY.values():  # every annotator (Depth Anything V2 too); an alias (controlnet_aux's id) shares its base's node
+    if _spec.alias_of is None:
+        _key = KEY_PREFIX + node_class_name(_spec)
         NODE_CLASS_MAPPINGS[_key] = _dedicated_node(_spec)
-        NODE_DISPLAY_NAME_MAPPINGS[_key] = f"{_spec.display_name} Preprocessor" if _spec.input_kind != INPUT_POSE else _spec.display_name
+        NODE_DISPLAY_NAME_MAPPINGS[_key] = display_name(_spec)

@@ -14,8 +14,8 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "pack_under_test"
-HOST_MODULES = ("comfy", "comfy.controlnet", "comfy.model_management", "comfy.model_patcher", "comfy.utils",
-                "folder_paths")
+HOST_MODULES = ("comfy", "comfy.controlnet", "comfy.hooks", "comfy.model_management", "comfy.model_patcher",
+                "comfy.ops", "comfy.utils", "folder_paths")
 
 
 class ControlBase:
@@ -27,6 +27,7 @@ class ControlBase:
         self.previous_controlnet = None
         self.global_average_pooling = False
         self.latent_format = None
+        self.extra_hooks = None
 
     def set_cond_hint(self, cond_hint, strength=1.0, timestep_percent_range=(0.0, 1.0), vae=None, extra_concat=()):
         self.cond_hint_original = cond_hint
@@ -65,10 +66,39 @@ class ControlBase:
         c.timestep_percent_range = self.timestep_percent_range
         c.global_average_pooling = self.global_average_pooling
         c.latent_format = self.latent_format
+        c.extra_hooks = self.extra_hooks.clone() if self.extra_hooks else None
 
 
 class ControlNet(ControlBase):
     """Stands in for the host's ldm ControlNet object (never matched by from_host_controlnet's type test)."""
+
+
+class T2IAdapter(ControlBase):
+    """Stands in for the host's T2I-Adapter object (never matched by from_host_controlnet's type test)."""
+
+
+class WeightHook:
+    def __init__(self, strength_model=1.0, strength_clip=1.0):
+        self.weights, self.weights_clip, self.need_weight_init = None, None, True
+
+
+class HookGroup:
+    def __init__(self):
+        self.hooks = []
+
+    def add(self, hook):
+        if hook not in self.hooks:
+            self.hooks.append(hook)
+
+    def clone(self):
+        clone = HookGroup()
+        clone.hooks = list(self.hooks)
+        return clone
+
+
+class disable_weight_init:  # noqa: N801 - the host's name
+    """The host's plain layer classes (no casting): torch's own here."""
+    Conv2d, Linear, GroupNorm, LayerNorm = torch.nn.Conv2d, torch.nn.Linear, torch.nn.GroupNorm, torch.nn.LayerNorm
 
 
 class ModelPatcher:
@@ -92,7 +122,12 @@ class ProgressBar:
 def build_modules(controlnet_folder: Path) -> dict[str, types.ModuleType]:
     comfy = types.ModuleType("comfy")
     controlnet = types.ModuleType("comfy.controlnet")
-    controlnet.ControlBase, controlnet.ControlNet = ControlBase, ControlNet
+    controlnet.ControlBase, controlnet.ControlNet, controlnet.T2IAdapter = ControlBase, ControlNet, T2IAdapter
+    hooks = types.ModuleType("comfy.hooks")
+    hooks.WeightHook, hooks.HookGroup = WeightHook, HookGroup
+    ops = types.ModuleType("comfy.ops")
+    ops.disable_weight_init = disable_weight_init
+    ops.pick_operations = lambda weight_dtype, compute_dtype, load_device=None, disable_fast_fp8=False: disable_weight_init
     mm = types.ModuleType("comfy.model_management")
     mm.get_torch_device = lambda: torch.device("cpu")
     mm.unet_offload_device = lambda: torch.device("cpu")
@@ -104,6 +139,7 @@ def build_modules(controlnet_folder: Path) -> dict[str, types.ModuleType]:
     utils = types.ModuleType("comfy.utils")
     utils.ProgressBar = ProgressBar
     comfy.controlnet, comfy.model_management, comfy.model_patcher, comfy.utils = controlnet, mm, patcher, utils
+    comfy.hooks, comfy.ops = hooks, ops
 
     folder_paths = types.ModuleType("folder_paths")
     folders = [str(controlnet_folder)]
@@ -121,8 +157,8 @@ def build_modules(controlnet_folder: Path) -> dict[str, types.ModuleType]:
     folder_paths.get_full_path = get_full_path
     folder_paths.get_filename_list = lambda name: sorted(
         p.name for f in folder_paths.get_folder_paths(name) for p in Path(f).glob("*.safetensors"))
-    return {"comfy": comfy, "comfy.controlnet": controlnet, "comfy.model_management": mm,
-            "comfy.model_patcher": patcher, "comfy.utils": utils, "folder_paths": folder_paths}
+    return {"comfy": comfy, "comfy.controlnet": controlnet, "comfy.hooks": hooks, "comfy.model_management": mm,
+            "comfy.model_patcher": patcher, "comfy.ops": ops, "comfy.utils": utils, "folder_paths": folder_paths}
 
 
 def import_nodes(monkeypatch, controlnet_folder: Path):
@@ -155,7 +191,19 @@ def import_preprocessor_nodes(monkeypatch, tmp_path: Path):
     (tmp_path / "temp").mkdir(exist_ok=True)
     folder_paths.get_temp_directory = lambda: str(tmp_path / "temp")
     folder_paths.get_save_image_path = lambda prefix, output_dir, width=0, height=0: (output_dir, prefix, 1, "", prefix)
-    sys.modules["comfy.model_management"].throw_exception_if_processing_interrupted = lambda: None
+    model_management = sys.modules["comfy.model_management"]
+    model_management.throw_exception_if_processing_interrupted = lambda: None
+    # The host's model manager, reduced to what the contract needs: it records every load request
+    # and moves the patcher's model to its load device, as load_models_gpu does.
+    model_management.load_requests = []
+
+    def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                        force_full_load=False):
+        model_management.load_requests.append((list(models), force_full_load))
+        for patcher in models:
+            patcher.model.to(patcher.load_device)
+
+    model_management.load_models_gpu = load_models_gpu
     progress: list[tuple[int, int]] = []
 
     class RecordingProgressBar:

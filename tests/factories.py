@@ -15,7 +15,7 @@ Context and adm widths are the real ones so the loader's family inference (768 -
 the real one for sd2 / sdxl and `TinyConfig.overrides` carries it for `load_controlnet(...,
 overrides=...)`.
 
-The original-layout files are produced with `controlnet_core.formats.diffusers.diffusers_to_ldm`;
+The original-layout files are produced with `controlnet_core.ldm.diffusers_keys.diffusers_to_ldm`;
 parity tests then compare against diffusers' own forward, which is independent of that table.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from controlnet_core.formats.diffusers import diffusers_to_ldm, diffusers_unet_encoder_to_ldm
+from controlnet_core.ldm.diffusers_keys import diffusers_to_ldm, diffusers_unet_encoder_to_ldm
 
 CONFIG_NAMES = ("sd1", "sd2", "sdxl")
 

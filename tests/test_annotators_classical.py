@@ -135,6 +135,47 @@ def test_normals_of_a_vertical_ramp_move_green_and_flat_depth_faces_the_camera()
     assert (inverted[4:-4, 4:-4, 1] < 96).all()
 
 
+@pytest.mark.parametrize("strength", [0.5, 2.0])
+def test_normal_conventions_of_a_known_slope(strength):
+    """Depth rising to the right by strength·size/(size−1) per pixel: the surface faces left with
+    normal (slope, 0, 1)/√(1+slope²) in (left, up, front). normal_bae (ControlNet 1.1) puts the
+    components in R, G, B; normal_midas (ControlNet 1.0) in B, G, R."""
+    size = 64
+    ramp = np.tile(np.linspace(0, 1, size, dtype=np.float32), (size, 1))
+    slope = strength * size / (size - 1)
+    norm = math.sqrt(1 + slope**2)
+    left, up, front = 127.5 + 127.5 * slope / norm, 127.5, 127.5 + 127.5 / norm
+    for convention, expected in (("normal_bae", (left, up, front)), ("normal_midas", (front, up, left))):
+        normals = normal_from_depth(ramp, strength=strength, blur_sigma=0, convention=convention)[0]
+        assert np.abs(normals[4:-4, 4:-4].reshape(-1, 3).astype(np.float64) - expected).max() <= 1.0, convention
+    flat = np.full((20, 30), 0.5, np.float32)
+    assert (normal_from_depth(flat, convention="normal_bae")[0] == (128, 128, 255)).all()
+    assert (normal_from_depth(flat, convention="normal_midas")[0] == (255, 128, 128)).all()
+    with pytest.raises(AnnotatorInputError, match="normal_bae"):
+        normal_from_depth(flat, convention="opengl")
+
+
+def test_normal_midas_matches_the_controlnet_10_formula():
+    """ControlNet 1.0's app (gradio_normal2image.py with annotator/midas): x, y = 3×3 Sobel of the
+    depth, z = a constant a, (x, y, z) normalised, ·127.5 + 127.5, cast to uint8, and the channels
+    reversed before the map reaches control_sd15_normal. With our scale (slope = Sobel/8 ·
+    strength · short side) the same normal comes out for a = 8 / (strength · short side)."""
+    rng = np.random.default_rng(5)
+    height, width, strength = 48, 72, 1.5
+    depth = cv2.GaussianBlur(rng.random((height, width)).astype(np.float32), (0, 0), 4)
+    depth = (depth - depth.min()) / (depth.max() - depth.min())
+    a = 8.0 / (strength * min(height, width))
+    x = cv2.Sobel(depth, cv2.CV_32F, 1, 0, ksize=3)
+    y = cv2.Sobel(depth, cv2.CV_32F, 0, 1, ksize=3)
+    normal = np.stack([x, y, np.full_like(x, a)], axis=2)
+    normal /= np.sum(normal**2.0, axis=2, keepdims=True) ** 0.5
+    reference = (normal * 127.5 + 127.5).clip(0, 255).astype(np.uint8)[:, :, ::-1]
+    ours = normal_from_depth(depth, strength=strength, blur_sigma=0, convention="normal_midas")[0]
+    # Interior only (the two differ in border handling); ours rounds where the reference truncates.
+    difference = ours[1:-1, 1:-1].astype(int) - reference[1:-1, 1:-1].astype(int)
+    assert difference.min() >= 0 and difference.max() <= 1
+
+
 def test_normals_accept_8_and_16_bit_depth_images_and_reject_nan():
     ramp16 = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (40, 1))
     assert normal_from_depth(ramp16).shape == (1, 40, 64, 3)
@@ -236,6 +277,7 @@ def test_tile_blur_and_palette_remove_detail_but_keep_colours():
 
 
 SPATIAL = [canny, lines, scribble, lineart_standard, binary, tile, blur]
+BINARY_MAPS = (canny, lines, scribble, binary)  # maps ControlNets were trained on as black/white
 
 
 # lines is checked by test_lines_stay_where_they_are: LSD may also pick up the inner side of an
@@ -261,6 +303,15 @@ def test_a_feature_at_x_y_stays_at_x_y(annotator, size, resolution):
     near = np.maximum(abs(xs - cx), abs(ys - cy)) < radius * 2.5  # ignore anything else
     weights = np.where(near, response, 0.0)
     assert weights.sum() > 0
+    if annotator in BINARY_MAPS:
+        # Two-level maps: a stroke resampled to the input size and re-thresholded is 4 px wide on one
+        # side and 5 px on the other, which moves a mass centroid. The outer extent of the response
+        # is what must stay put: its centre is the square's centre.
+        assert set(np.unique(out)) <= {0, 255}
+        found_y, found_x = np.nonzero(weights)
+        assert abs((found_x.min() + found_x.max()) / 2 - cx) < 1.0  # pixel-index coordinates, as cv2 drew
+        assert abs((found_y.min() + found_y.max()) / 2 - cy) < 1.0
+        return
     assert abs((weights * xs).sum() / weights.sum() - cx) < 1.0
     assert abs((weights * ys).sum() / weights.sum() - cy) < 1.0
 
@@ -305,3 +356,86 @@ def test_bad_images_give_clear_errors(annotator, bad, words):
     with pytest.raises(AnnotatorInputError) as info:
         annotator(bad)
     assert words in str(info.value)
+
+
+# ---- binary maps stay binary at every input size (ControlNets were trained on black/white maps) ----
+
+def outline_scene(height: int, width: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A white square on black whose sides sit at fractions of the size, plus a one-pixel diagonal."""
+    box = (int(width * 0.23), int(height * 0.31), int(width * 0.71), int(height * 0.77))
+    image = square_scene(height, width, box)
+    cv2.line(image, (3, height - 4), (box[0] - 6, box[3] + 2), (255, 255, 255), 1)
+    return image, box
+
+
+@pytest.mark.parametrize("annotator", BINARY_MAPS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("size, resolution", [((1024, 1024), 512), ((999, 1537), 512), ((301, 457), 512),
+                                              ((777, 333), 256), ((130, 97), 64)])
+def test_binary_maps_are_exactly_black_and_white_at_any_size(annotator, size, resolution):
+    image, _ = outline_scene(*size)
+    out = annotator(image, resolution=resolution)
+    assert out.shape == (1, *size, 3)
+    values = np.unique(out)
+    assert set(values.tolist()) <= {0, 255}, f"gray levels {values[(values > 0) & (values < 255)][:8]}"
+    assert (out == 255).any()
+
+
+@pytest.mark.parametrize("size, resolution", [((1024, 1024), 512), ((999, 1537), 512), ((333, 517), 512),
+                                              ((777, 333), 256)])
+def test_canny_edges_stay_on_the_outline_after_the_resize_back(size, resolution):
+    """Enlarged (1024² from 512) or shrunk (333 from 512): every side of the square is found within
+    a pixel of where it is, and there is no edge anywhere else."""
+    height, width = size
+    box = (int(width * 0.23), int(height * 0.31), int(width * 0.71), int(height * 0.77))
+    edges = canny(square_scene(height, width, box), resolution=resolution)[0, ..., 0]
+    distance = distance_to_square_outline(height, width, box)
+    scale = max(1.0, min(size) / resolution)  # an edge one detection pixel wide covers `scale` input pixels
+    assert edges[distance > scale + 1.5].max() == 0
+    x0, y0, x1, y1 = box
+    reach = int(math.ceil(scale)) + 1
+    assert (edges[y0 + 4 : y1 - 4, x0 - reach : x0 + reach].max(axis=1) == 255).all()
+    assert (edges[y0 + 4 : y1 - 4, x1 - reach : x1 + reach].max(axis=1) == 255).all()
+    assert (edges[y0 - reach : y0 + reach, x0 + 4 : x1 - 4].max(axis=0) == 255).all()
+    assert (edges[y1 - reach : y1 + reach, x0 + 4 : x1 - 4].max(axis=0) == 255).all()
+
+
+@pytest.mark.parametrize("size", [(333, 517), (400, 410), (211, 600)])
+def test_one_pixel_lines_survive_shrinking_unbroken(size):
+    """Detected at 512 and shrunk to the input, the map of a one-pixel line is never broken: each
+    column along the line keeps a white pixel, next to the line."""
+    height, width = size
+    row = int(height * 0.43)
+    image = np.full((height, width, 3), 240, np.uint8)
+    image[row, 10:-10] = 0
+    drawn = lines(image, resolution=512, min_length=10)[0, ..., 0]
+    band = drawn[:, 20:-20]
+    assert (band.max(axis=0) == 255).all()
+    rows = np.nonzero(band.max(axis=1))[0]
+    assert rows.min() >= row - 2 and rows.max() <= row + 2
+
+
+def test_fit_restore_binary_threshold_rules():
+    """Hand-built cases. Shrinking by s, a one-pixel line spreads a coverage of 1/s over the output
+    pixels it falls in: a line keeps each pixel covered by at least 1/(2s), so the most-covered one
+    always survives; a region keeps pixels at least half covered."""
+    from annotators.common import fit_to_resolution
+
+    def back(output_side, detection_side, columns, **kwargs):
+        _, fit = fit_to_resolution(np.zeros((output_side, output_side), np.uint8), detection_side, multiple=1)
+        detection = np.zeros((detection_side, detection_side, 1), np.uint8)
+        for column, value in columns:
+            detection[:, column] = value
+        out = fit.restore_binary(detection, **kwargs)[..., 0]
+        assert set(np.unique(out).tolist()) <= {0, 255}
+        return sorted(set(np.nonzero(out)[1].tolist()))
+
+    # s = 4: detection columns 80..83 are output column 20, which one line column covers by 1/4
+    assert back(40, 160, [(81, 255)], lines=True) == [20]
+    assert back(40, 160, [(81, 255)]) == []  # not a region pixel
+    assert back(40, 160, [(80, 255), (81, 1), (82, 200)]) == [20]  # any non-zero value is "on"
+    # s = 1.5: output k covers detection [1.5k, 1.5k + 1.5). Column 61 straddles outputs 40 and 41
+    # (1/3 each = the threshold 1/(2s): both kept); column 60 lies inside output 40 (2/3): one pixel.
+    assert back(60, 90, [(61, 255)], lines=True) == [40, 41]
+    assert back(60, 90, [(60, 255)], lines=True) == [40]
+    # enlarging (s < 1) a line keeps its scaled width: 1 px at 40 becomes 2 px at 80
+    assert back(80, 40, [(20, 255)], lines=True) == [40, 41]

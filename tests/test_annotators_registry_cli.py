@@ -1,6 +1,7 @@
 """The annotator table (parameters, defaults, ranges, weights) and the command line built from it."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from annotators.__main__ import main as cli_main
 from annotators.registry import INPUT_DEPTH, INPUT_IMAGE, INPUT_LABELS, INPUT_POSE
 
 NEURAL = [name for name, spec in REGISTRY.items() if spec.weights]
-CLASSICAL = [name for name, spec in REGISTRY.items() if not spec.weights and spec.input_kind != INPUT_POSE]
+CLASSICAL = [
+    name for name, spec in REGISTRY.items() if not spec.weights and not spec.requires and spec.input_kind != INPUT_POSE
+]
 
 
 def sample_input(name: str, batch: int = 2) -> tuple[np.ndarray, dict]:
@@ -83,15 +86,16 @@ def test_unknown_annotators_parameters_and_bad_values_are_named():
 
 @pytest.mark.parametrize("name", NEURAL)
 def test_neural_annotators_without_weights_name_the_missing_file_and_folder(name, tmp_path):
+    """Every neural annotator the registry lists must import: an import error fails here, never skips."""
     spec = get_spec(name)
-    try:
+    with pytest.raises(MissingWeightsError) as error:
         run_annotator(name, np.zeros((1, 32, 32, 3), np.uint8), models_dir=str(tmp_path))
-    except MissingWeightsError as error:
-        assert spec.weights[0].file_name in str(error) and str(tmp_path) in str(error)
-    except (ImportError, AttributeError) as error:  # the neural module is not there (yet)
-        pytest.skip(f"{name} module not available: {error}")
-    else:
-        pytest.fail(f"{name} ran without its weight file")
+    assert spec.weights[0].file_name in str(error.value) and str(tmp_path) in str(error.value)
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_registered_annotator_module_imports(name):
+    assert callable(get_spec(name).load())
 
 
 def test_cli_lists_every_annotator(capsys):
@@ -160,7 +164,6 @@ def two_frames_of_one_person(height: int = 60, width: int = 80) -> list[dict]:
 
 
 def test_pose_render_by_name_draws_at_the_canvas_size_and_passes_keypoints_on(tmp_path):
-    pytest.importorskip("annotators.openpose")
     frames = two_frames_of_one_person()
     result = run_annotator("pose_render", frames)
     assert result.images.shape == (2, 60, 80, 3) and result.images.max() > 0
@@ -170,3 +173,72 @@ def test_pose_render_by_name_draws_at_the_canvas_size_and_passes_keypoints_on(tm
     assert Image.open(tmp_path / "pose.png").size == (80, 60)
     (tmp_path / "bad.json").write_text('{"people": 3}')
     assert cli_main(["pose_render", str(tmp_path / "bad.json"), str(tmp_path / "bad.png")]) == 1
+
+
+# ---- resolution 0 and sizes that cannot be processed ------------------------------------------
+
+RESOLUTION_USERS = [name for name, spec in REGISTRY.items() if spec.uses_resolution]
+
+
+@pytest.mark.parametrize("name", [n for n in RESOLUTION_USERS if n in CLASSICAL])
+def test_resolution_0_detects_at_the_inputs_own_size(name):
+    """0 means 'the input's own size': the same map as asking for the input's short side (70)."""
+    images = np.random.default_rng(2).random((1, 70, 93, 3)).astype(np.float32)
+    own = run_annotator(name, images, resolution=0).images
+    assert own.shape == (1, 70, 93, 3)
+    assert np.array_equal(own, run_annotator(name, images, resolution=70).images)
+    assert not np.array_equal(own, run_annotator(name, images, resolution=140).images)
+
+
+def test_resolution_values_between_1_and_63_are_refused_with_the_rule():
+    images, _ = sample_input("canny")
+    for bad in (1, 63, -5, 16385):
+        with pytest.raises(AnnotatorInputError, match="resolution"):
+            run_annotator("canny", images, resolution=bad)
+    with pytest.raises(AnnotatorInputError, match=r"0 \(detect at the input's own size\)"):
+        run_annotator("canny", images, resolution=8)
+
+
+def test_cli_accepts_resolution_0(tmp_path):
+    photo = np.zeros((41, 67, 3), np.uint8)
+    photo[10:30, 20:50] = 255
+    Image.fromarray(photo).save(tmp_path / "in.png")
+    assert cli_main(["canny", str(tmp_path / "in.png"), str(tmp_path / "out.png"), "--resolution", "0"]) == 0
+    assert np.asarray(Image.open(tmp_path / "out.png")).shape == (41, 67, 3)
+
+
+@pytest.mark.parametrize("name", RESOLUTION_USERS)
+def test_extreme_aspect_ratios_are_refused_before_anything_is_allocated(name, tmp_path):
+    """3×700 at resolution 512 would need a 512×119467 detection image (HED: tens of GB). Every
+    annotator that detects at a resolution refuses it with the sizes and the way out, before it
+    loads weights (the weights folder here is empty) or allocates the detection image."""
+    import tracemalloc
+
+    spec = get_spec(name)
+    extra = {"mask": np.ones((3, 700), bool)} if spec.needs_mask else {}
+    tracemalloc.start()
+    try:
+        with pytest.raises(AnnotatorInputError) as info:
+            run_annotator(name, np.zeros((1, 3, 700, 3), np.uint8), resolution=512, models_dir=str(tmp_path), **extra)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(info.value)
+    assert "3×700" in message and "512×119467" in message and "16384" in message
+    assert "resolution of at most 70" in message  # 16384 · 3 / 700
+    assert peak < 8 * 2**20, f"{peak / 2**20:.0f} MiB allocated before refusing"
+    missing = [package for package in spec.requires if importlib.util.find_spec(package) is None]
+    if not spec.weights and not missing:  # the resolution the message suggests runs (optional packages installed)
+        assert run_annotator(name, np.zeros((1, 3, 700, 3), np.uint8), resolution=70, **extra).images.shape[1:3] == (3, 700)
+
+
+def test_the_shared_fit_refuses_the_size_too():
+    """The check lives in fit_to_resolution, which every detector calls (also when called directly)."""
+    from annotators import fit_to_resolution
+    from annotators.common.image import MAX_DETECTION_SIDE, check_detection_size
+
+    assert check_detection_size(1, 32, 512) == (512, MAX_DETECTION_SIDE)  # exactly at the limit
+    with pytest.raises(AnnotatorInputError, match="512×16896"):
+        fit_to_resolution(np.zeros((1, 33), np.uint8), 512)
+    with pytest.raises(AnnotatorInputError, match=r"at its own size \(resolution 0\)"):
+        check_detection_size(10, MAX_DETECTION_SIDE + 1, 0)

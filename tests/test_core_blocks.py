@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from controlnet_core.models.blocks import GEMM_CONV_MAX_PIXELS, GEMM_CONV_MIN_CHANNELS, Conv2d
+from controlnet_core.ops import GEMM_CONV_MAX_PIXELS, GEMM_CONV_MIN_CHANNELS, Conv2d
 
 
 @pytest.mark.parametrize("size, batch", [(4, 2), (8, 1), (8, 3)])

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 import controlnet_core
-from controlnet_core import CheckpointError, InputError, describe, load_controlnet
-from controlnet_core.config import ControlNetConfig
+from controlnet_core import CheckpointError, InputError, load_controlnet
+from controlnet_core.controlnet.config import ControlNetConfig
 from tests.factories import (
     make_diffusers_controlnet, make_diffusers_unet, make_inputs, ldm_state_dict, diffusers_state_dict, save_state_dict,
     tiny_config, with_prefix,
@@ -64,7 +64,7 @@ def test_keeps_file_dtype_and_casts_on_request(tmp_path, sd1_ldm):
     assert all(p.dtype == torch.float16 for p in load_controlnet(path).parameters())
     assert load_controlnet(path, dtype=torch.float32).dtype == torch.float32
     path_bf16 = save_state_dict({k: v.bfloat16() for k, v in sd1_ldm.items()}, tmp_path / "cn_bf16.safetensors")
-    assert describe(path_bf16)["dtype"] == "bfloat16"
+    assert controlnet_core.identify(path_bf16).details["dtype"] == "bfloat16"
 
 
 def test_loading_never_random_initialises(monkeypatch, sd1_ldm):
@@ -98,7 +98,7 @@ def test_training_checkpoint_pth_wrapped_in_state_dict(tmp_path, sd1_controlnet,
     path = save_state_dict(state, tmp_path / "train.ckpt", wrap_in="state_dict")
     model = load_controlnet(path)
     assert torch.equal(model.middle_block_out[0].weight, sd1_ldm["middle_block_out.0.weight"])
-    assert "full training checkpoint" in describe(path)["layout"]
+    assert "full training checkpoint" in controlnet_core.identify(path).layout
 
 
 def test_pickle_with_code_is_refused(tmp_path):
@@ -145,9 +145,10 @@ def test_state_dict_with_missing_or_reshaped_tensors(sd1_ldm):
 @pytest.mark.parametrize("keys, what", [
     ({"weight": torch.zeros(2)}, "unknown layout"),
     ({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2)}, "Stable Diffusion model checkpoint"),
-    ({"body.0.block1.weight": torch.zeros(2)}, "T2I-Adapter"),
-    ({"mid_convs.1.weight": torch.zeros(2)}, "ControlNeXt"),
-    ({"lllite_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.down.0.weight": torch.zeros(2)}, "LLLite"),
+    ({"mid_convs.1.weight": torch.zeros(320, 256, 1, 1), "embedding.0.weight": torch.zeros(64, 3, 3, 3)},
+     "is a ControlNeXt .*, not a ControlNet; load it with controlnet_core.load_control"),
+    ({"lllite_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.down.0.weight": torch.zeros(2)},
+     "is a LLLite .*, not a ControlNet; this pack does not run it"),
 ])
 def test_unknown_and_unsupported_layouts_are_named(keys, what):
     with pytest.raises(CheckpointError, match=what):
@@ -156,7 +157,7 @@ def test_unknown_and_unsupported_layouts_are_named(keys, what):
 
 def test_diff_controlnet_needs_and_uses_the_base_unet(sd1_ldm):
     unet = make_diffusers_unet("sd1", seed=9)
-    from controlnet_core.formats.diffusers import diffusers_unet_encoder_to_ldm
+    from controlnet_core.ldm.diffusers_keys import diffusers_unet_encoder_to_ldm
 
     base = diffusers_unet_encoder_to_ldm(diffusers_state_dict(unet))
     delta = {k: (v - base[k]) if k in base else v for k, v in sd1_ldm.items()}
@@ -182,18 +183,19 @@ def test_sdxl_controlnet_refuses_sd15_inputs():
         model(sdxl_inputs.x[:, :3], sdxl_inputs.hint, sdxl_inputs.timesteps, sdxl_inputs.context, sdxl_inputs.y)
 
 
-def test_describe_and_inspect_cli(tmp_path, sd1_ldm):
+def test_identify_and_inspect_cli(tmp_path, sd1_ldm):
     path = save_state_dict(with_prefix({k: v.half() for k, v in sd1_ldm.items()}, "control_model."),
                            tmp_path / "cn.safetensors")
-    info = describe(path)
-    assert info["family"] == "sd1" and info["hint_channels"] == 3 and info["dtype"] == "float16"
-    assert info["layout"] == "ldm (control_model. prefix)"
-    assert info["residual_count"] == {"down": tiny_config("sd1").num_down_residuals, "mid": 1}
-    assert info["parameters"] == sum(v.numel() for v in sd1_ldm.values())
-    assert info["residual_shapes"]["down"][0] == (32, 64, 64)
+    info = controlnet_core.identify(path)
+    assert (info.system, info.family, info.layout) == ("ControlNet", "sd1", "ldm (control_model. prefix)")
+    assert info.details["hint channels"] == 3 and info.details["dtype"] == "float16"
+    assert info.details["residuals"].startswith(f"{tiny_config('sd1').num_down_residuals} skips + 1 middle")
+    assert info.details["parameters"] == sum(v.numel() for v in sd1_ldm.values())
+    assert info.details["skips"].split(", ")[0] == "32@64"
     out = subprocess.run([sys.executable, "-m", "controlnet_core", "inspect", str(path)], capture_output=True,
                          text=True, cwd=Path(controlnet_core.__file__).parent.parent, check=True).stdout
-    assert "family:        sd1" in out and f"{info['parameters']:,}" in out
+    assert out.splitlines()[0] == "ControlNet" and "base model: SD1.x" in out
+    assert f"{info.details['parameters']:,}" in out
     bad = subprocess.run([sys.executable, "-m", "controlnet_core", "inspect", str(tmp_path / "nope.safetensors")],
                          capture_output=True, text=True, cwd=Path(controlnet_core.__file__).parent.parent)
     assert bad.returncode == 1 and "nope.safetensors" in bad.stderr

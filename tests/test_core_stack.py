@@ -29,8 +29,9 @@ def inputs():
 
 
 def image_of(hint: torch.Tensor) -> torch.Tensor:
-    """B×C×H×W hint → the B×H×W×C IMAGE a user would feed."""
-    return hint.movedim(1, -1).contiguous()
+    """B×C×H×W hint → a B×H×W×C IMAGE view of the same memory, so the stack's hint is laid out like
+    `hint` itself (convolution kernels, hence the last bits, depend on the layout)."""
+    return hint.movedim(1, -1)
 
 
 class CountingForward:
@@ -143,9 +144,10 @@ def test_mask_that_cannot_match_is_refused(model, inputs):
     entry = ControlEntry(model, image_of(inputs.hint), mask=torch.ones(37, 50))
     with pytest.raises(InputError, match="mask is 37×50"):
         ControlStack([entry]).residuals(inputs.x, inputs.timesteps, inputs.context)
-    entry = ControlEntry(model, image_of(inputs.hint), mask=torch.ones(3, *inputs.hint.shape[-2:]))
-    with pytest.raises(InputError, match="mask batch of 3"):
-        ControlStack([entry]).residuals(inputs.x, inputs.timesteps, inputs.context)
+    four = make_inputs("sd1", batch=4)
+    entry = ControlEntry(model, image_of(four.hint), mask=torch.ones(3, *four.hint.shape[-2:]))
+    with pytest.raises(InputError, match="mask batch of 3 does not pair with the latent batch of 4"):
+        ControlStack([entry]).residuals(four.x, four.timesteps, four.context)
     with pytest.raises(InputError, match="mask"):
         ControlEntry(model, image_of(inputs.hint), mask=torch.ones(1, 2, 3, 4, 5))
 
@@ -164,7 +166,7 @@ def test_hint_batches_broadcast_pair_or_fail(model):
     with torch.no_grad():
         direct = model(inputs.x, inputs.hint[:2].repeat(2, 1, 1, 1), inputs.timesteps, inputs.context)
     torch.testing.assert_close(paired.mid, direct.mid, rtol=1e-5, atol=1e-5)
-    with pytest.raises(InputError, match="control image batch of 3 does not match the latent batch of 4"):
+    with pytest.raises(InputError, match="control image batch of 3 does not pair with the latent batch of 4"):
         ControlStack([ControlEntry(model, images[:3])]).residuals(inputs.x, inputs.timesteps, inputs.context)
 
 
@@ -221,6 +223,9 @@ def test_bad_hint_images_are_refused():
         prepare_hint(torch.rand(1, 0, 8, 3), 8, 8)
     with pytest.raises(InputError, match="resize mode"):
         prepare_hint(torch.rand(1, 8, 8, 3), 8, 8, mode="stretch")
+    with pytest.raises(InputError, match=r"the image is 1×1 pixels, too small .* at least 8×8"):
+        prepare_hint(torch.rand(1, 1, 1, 3), 64, 64)
+    prepare_hint(torch.rand(1, 8, 300, 3), 64, 64)  # thin but usable
 
 
 def test_just_resize_stretches_any_size():

@@ -130,6 +130,11 @@ def test_wrong_garbled_and_missing_files_get_clear_errors(weights_dir, tmp_path)
     assert "garbled.pth" in message and "'depth_head.scratch.refinenet2.out_conv.bias'" in message
     assert "'depth_head.projects.1.weight' expected [96, 384, 1, 1] found [95, 384, 1, 1]" in message
 
+    prefixed = torch.load(weights_dir / WEIGHT_FILE, map_location="cpu", weights_only=True)
+    torch.save({"model." + key: value for key, value in prefixed.items()}, tmp_path / "prefixed.pth")
+    with pytest.raises(AnnotatorInputError, match="Only the key prefix differs: every key in the file has the extra prefix 'model.'"):
+        DepthAnythingV2.from_file(tmp_path / "prefixed.pth")
+
     (tmp_path / "random.pth").write_bytes(b"\x00not a checkpoint" * 20)
     with pytest.raises(AnnotatorInputError, match="cannot read weight file"):
         DepthAnythingV2.from_file(tmp_path / "random.pth")

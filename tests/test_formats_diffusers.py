@@ -1,7 +1,7 @@
-"""Unit tests of the diffusers -> ldm key conversion (controlnet_core/formats/diffusers.py).
+"""Unit tests of the diffusers -> ldm key conversion (controlnet_core/ldm/diffusers_keys.py).
 
 End-to-end numerical correctness of the mapping is covered by test_diffusers_parity.py; these
-tests pin the rules from the format description (FORMATS.md) and the error behaviour.
+tests pin the rules of the diffusers layout and the error behaviour.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 import controlnet_core
 from controlnet_core.errors import CheckpointError
-from controlnet_core.formats.diffusers import diffusers_to_ldm, diffusers_unet_encoder_to_ldm, is_diffusers_layout
+from controlnet_core.ldm.diffusers_keys import diffusers_to_ldm, diffusers_unet_encoder_to_ldm, is_diffusers_layout
 from tests.factories import diffusers_state_dict, make_diffusers_controlnet, make_diffusers_unet, make_inputs, tiny_config
 
 

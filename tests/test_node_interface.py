@@ -1,13 +1,13 @@
 """The node interface is a public contract: shared workflow JSON stores class keys, input names, and
 widget values by position. This test fails on any accidental change.
 
-Deliberate change: add optional inputs at the END only, keep old combo values accepted (aliases),
-then regenerate the snapshot with  UPDATE_NODE_SNAPSHOT=1 pytest tests/test_node_interface.py
+Deliberate change: add optional inputs at the END only, never rename a combo value, then regenerate the snapshot with  UPDATE_NODE_SNAPSHOT=1 pytest tests/test_node_interface.py
 and commit it with the change. The host test test_host_server.py checks /object_info against the
 same snapshot.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -19,6 +19,8 @@ from comfy_stub import import_nodes, import_preprocessor_nodes, import_train_nod
 
 SNAPSHOT = Path(__file__).parent / "node_interface_snapshot.json"
 CONNECTION_TYPES = {"CONDITIONING", "CONTROL_NET", "IMAGE", "MASK", "CONTROLNET_PACK_STACK", "MODEL", "CLIP", "VAE"}
+# Combos listing a models folder: input name -> how many fixed leading values precede the files.
+FILE_LIST_INPUTS = {"control_net_name": 0, "unet_weights": 1}
 
 
 def interface_of(mappings: dict, display_names: dict) -> dict:
@@ -34,7 +36,10 @@ def interface_of(mappings: dict, display_names: dict) -> dict:
                 kind = value[0]
                 options = value[1] if len(value) > 1 else {}
                 if isinstance(kind, list):
-                    kind = "COMBO:files" if name == "control_net_name" else ["COMBO", *kind]
+                    if name in FILE_LIST_INPUTS:
+                        kind = "COMBO:" + "+".join(kind[:FILE_LIST_INPUTS[name]] + ["files"])
+                    else:
+                        kind = ["COMBO", *kind]
                 entry = {"name": name, "type": kind}
                 for option in ("default", "min", "max"):
                     if option in options:
@@ -56,11 +61,14 @@ def nodes(monkeypatch, tmp_path):
 def all_mappings(monkeypatch, tmp_path):
     """Every node of the pack: the ControlNet, preprocessor and training nodes."""
     preprocessors, _, _ = import_preprocessor_nodes(monkeypatch, tmp_path)
-    controlnet = sys.modules[preprocessors.__name__.rsplit(".", 1)[0] + ".controlnet_nodes"]
+    package = preprocessors.__name__.rsplit(".", 1)[0]
+    controlnet = sys.modules[package + ".controlnet_nodes"]
+    samples = importlib.import_module(package + ".sample_nodes")
     training, _, _ = import_train_nodes(monkeypatch, tmp_path)
-    return ({**controlnet.NODE_CLASS_MAPPINGS, **preprocessors.NODE_CLASS_MAPPINGS, **training.NODE_CLASS_MAPPINGS},
+    return ({**controlnet.NODE_CLASS_MAPPINGS, **preprocessors.NODE_CLASS_MAPPINGS, **samples.NODE_CLASS_MAPPINGS,
+             **training.NODE_CLASS_MAPPINGS},
             {**controlnet.NODE_DISPLAY_NAME_MAPPINGS, **preprocessors.NODE_DISPLAY_NAME_MAPPINGS,
-             **training.NODE_DISPLAY_NAME_MAPPINGS})
+             **samples.NODE_DISPLAY_NAME_MAPPINGS, **training.NODE_DISPLAY_NAME_MAPPINGS})
 
 
 def test_interface_matches_snapshot(all_mappings):
@@ -71,10 +79,14 @@ def test_interface_matches_snapshot(all_mappings):
     assert current == saved, "node interface changed: see this file's docstring before updating the snapshot"
 
 
-def test_keys_are_namespaced_and_display_names_are_the_documented_ones(nodes):
-    assert all(key.startswith("ControlNetPack_") for key in nodes.NODE_CLASS_MAPPINGS)
-    assert set(nodes.NODE_DISPLAY_NAME_MAPPINGS.values()) == {"LoadControlNet", "ApplyControlNet",
-                                                               "MultiControlStack"}
+def test_keys_are_namespaced_and_display_names_are_told_apart_from_the_hosts(nodes):
+    assert set(nodes.NODE_CLASS_MAPPINGS) == {"ControlNetPack_LoadControlNet", "ControlNetPack_ApplyControlNet",
+                                              "ControlNetPack_MultiControlStack"}
+    names = set(nodes.NODE_DISPLAY_NAME_MAPPINGS.values())
+    assert names == {"Load Control Model (ControlNet Pack)", "Apply Control (ControlNet Pack)",
+                     "Multi-Control Stack (ControlNet Pack)"}
+    # The host's own nodes are "Load ControlNet Model", "Apply ControlNet" and "Apply ControlNet (OLD)".
+    assert not names & {"Load ControlNet Model", "Apply ControlNet", "Apply ControlNet (OLD)"}
 
 
 def test_every_input_has_a_tooltip_and_every_widget_a_default_and_range(nodes):
@@ -95,11 +107,3 @@ def test_every_input_has_a_tooltip_and_every_widget_a_default_and_range(nodes):
                     assert "default" in options, f"{key}.{name} has no default"
                 else:
                     assert kind in CONNECTION_TYPES, f"{key}.{name}: unexpected type {kind!r}"
-
-
-def test_old_control_mode_names_still_load(nodes):
-    """Values A1111 users type (and older saves may hold) map onto the current combo values."""
-    from pack_under_test.nodes.control_units import CONTROL_MODES, MODE_ALIASES, normalise_mode
-
-    for alias, mode in MODE_ALIASES.items():
-        assert normalise_mode(alias) == mode and mode in CONTROL_MODES

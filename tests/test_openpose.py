@@ -14,6 +14,7 @@ from torch import nn
 from annotators.common import AnnotatorInputError, MissingWeightsError
 from annotators.openpose import (
     BODY_WEIGHT_FILE,
+    FACE_WEIGHT_FILE,
     HAND_WEIGHT_FILE,
     BodyPoseModel,
     HandPoseModel,
@@ -21,6 +22,7 @@ from annotators.openpose import (
     OpenPoseSettings,
     decode_bodies,
     load_body_model,
+    load_face_model,
     load_hand_model,
     parse_pose_keypoints,
     render_pose,
@@ -305,6 +307,7 @@ def weights_dir(tmp_path_factory):
     torch.manual_seed(0)
     torch.save(to_published_layout(BodyPoseModel()), folder / BODY_WEIGHT_FILE)
     torch.save(to_published_layout(HandPoseModel()), folder / HAND_WEIGHT_FILE)
+    torch.save(published_face_state(), folder / FACE_WEIGHT_FILE)  # written from the reference, below
     return folder
 
 
@@ -377,6 +380,44 @@ def test_real_networks_run_batched_on_tiny_inputs(weights_dir):
     (left, right), = detector._detect_hands(image, [body])
     assert left is None and right is not None and len(right) == 21
     assert all(point is None or (0 <= point[0] < 64 and 0 <= point[1] < 64) for point in right)
+
+
+class RecordingBodyNetwork(nn.Module):
+    """Stands in for the body network: keeps every input it is given and answers with empty maps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))  # device/dtype probe
+        self.config = type("Config", (), {"stride": 8, "heatmap_channels": 19})()
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, batch: torch.Tensor):
+        self.inputs.append(batch.clone())
+        height, width = batch.shape[-2] // 8, batch.shape[-1] // 8
+        return torch.zeros(len(batch), 38, height, width), torch.zeros(len(batch), 19, height, width)
+
+
+@pytest.mark.parametrize("height, width", [(650, 512), (512, 650), (910, 512)])
+def test_body_network_sees_the_image_at_the_reference_scale(height, width):
+    # The reference (pytorch-openpose body.py, as controlnet_aux runs it) resizes the detection
+    # image by 0.5 × 368 / its height and pads the result with grey (128) to a multiple of 8. At
+    # resolution 512 these images are their own detection image (short side 512); the fit pads
+    # them to a multiple of 64 (650 → 704, 910 → 960), and that padding must not enter the scale.
+    image = np.zeros((height, width, 3), np.uint8)
+    top, bottom = 100, height - 100  # a white "person" standing in the middle, feet 100 px above the bottom
+    image[top:bottom, width // 2 - 40 : width // 2 + 40] = 255
+    network = RecordingBodyNetwork()
+    OpenPoseDetector(network).detect(image, resolution=512, include_hands=False)
+    (tensor,) = network.inputs
+    scale = 184 / height
+    content_h, content_w = round(height * scale), round(width * scale)
+    assert tensor.shape == (1, 3, -(-content_h // 8) * 8, -(-content_w // 8) * 8)
+    inside = (tensor[0] != 0.0).any(dim=0)  # grey padding is exactly 128 / 256 - 0.5 = 0
+    assert inside.any(dim=1).sum() == content_h and inside.any(dim=0).sum() == content_w
+    person_rows = (tensor[0, 0] > 0.0).any(dim=1).nonzero()
+    person_height = int(person_rows.max() - person_rows.min() + 1)
+    # 450 / 650 × 184 = 127.4 rows for the first case; resampling blurs the ends by a row at most.
+    assert abs(person_height - (bottom - top) * scale) <= 1.5
 
 
 # --------------------------------------------------------------------------- end-to-end alignment
@@ -497,3 +538,239 @@ def test_detected_hand_keypoints_land_on_the_input_pixels():
         found = keypoints[:, :2] * [width, height]
         expected = np.floor([hands[side][part] for part in range(21)])
         assert np.abs(found - expected).max() <= 2.5, side
+
+
+# --------------------------------------------------------------------------- face network (facenet.pth)
+
+# The published facenet.pth, written out from the reference FaceNet (controlnet_aux open_pose/face.py):
+# bare layer names, (out, in, kernel) per conv; ReLU after every conv but conv6_2_CPM and Mconv7_*,
+# 2×2 max pools after conv1_2, conv2_2 and conv3_4; stages 2..6 read [previous heatmaps, features].
+FACE_BACKBONE = [
+    ("conv1_1", 64, 3, 3), ("conv1_2", 64, 64, 3), "pool", ("conv2_1", 128, 64, 3), ("conv2_2", 128, 128, 3), "pool",
+    ("conv3_1", 256, 128, 3), ("conv3_2", 256, 256, 3), ("conv3_3", 256, 256, 3), ("conv3_4", 256, 256, 3), "pool",
+    ("conv4_1", 512, 256, 3), ("conv4_2", 512, 512, 3), ("conv4_3", 512, 512, 3), ("conv4_4", 512, 512, 3),
+    ("conv5_1", 512, 512, 3), ("conv5_2", 512, 512, 3), ("conv5_3_CPM", 128, 512, 3),
+]  # fmt: skip
+FACE_STAGE1 = [("conv6_1_CPM", 512, 128, 1), ("conv6_2_CPM", 71, 512, 1)]
+
+
+def face_stage(stage: int) -> list[tuple[str, int, int, int]]:
+    return [(f"Mconv1_stage{stage}", 128, 199, 7)] + [(f"Mconv{i}_stage{stage}", 128, 128, 7) for i in range(2, 6)] + [
+        (f"Mconv6_stage{stage}", 128, 128, 1), (f"Mconv7_stage{stage}", 71, 128, 1)]
+
+
+FACE_LAYERS = [item for item in FACE_BACKBONE if item != "pool"] + FACE_STAGE1 + [
+    layer for stage in range(2, 7) for layer in face_stage(stage)
+]
+
+
+def published_face_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, out_channels, in_channels, kernel in FACE_LAYERS:
+        fan_in = in_channels * kernel * kernel
+        state[f"{name}.weight"] = torch.randn(out_channels, in_channels, kernel, kernel, generator=generator) / fan_in**0.5
+        state[f"{name}.bias"] = torch.randn(out_channels, generator=generator) * 0.1
+    return state
+
+
+def reference_face_forward(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The reference network's forward, written from its description with plain functional ops."""
+
+    def conv(h, name, relu=True):
+        weight = state[f"{name}.weight"]
+        out = torch.nn.functional.conv2d(h, weight, state[f"{name}.bias"], padding=weight.shape[-1] // 2)
+        return torch.relu(out) if relu else out
+
+    h = x
+    for item in FACE_BACKBONE:
+        h = torch.nn.functional.max_pool2d(h, 2, 2) if item == "pool" else conv(h, item[0])
+    features = h
+    h = conv(conv(features, "conv6_1_CPM"), "conv6_2_CPM", relu=False)
+    for stage in range(2, 7):
+        h = torch.cat([h, features], dim=1)
+        for index, (name, *_shape) in enumerate(face_stage(stage)):
+            h = conv(h, name, relu=index < 6)
+    return h
+
+
+def test_face_model_loads_the_published_layout_and_computes_the_reference_network(weights_dir, tmp_path):
+    state = torch.load(weights_dir / FACE_WEIGHT_FILE, weights_only=True)
+    assert len(state) == 104
+    # The same tensors as a training checkpoint would hold them: nested container, DataParallel prefix.
+    torch.save({"state_dict": {f"module.{key}": value for key, value in state.items()}}, tmp_path / "wrapped.pth")
+    x = torch.rand(2, 3, 48, 40) - 0.5
+    expected = reference_face_forward(state, x)
+    assert expected.shape == (2, 71, 6, 5)
+    for path in (weights_dir / FACE_WEIGHT_FILE, tmp_path / "wrapped.pth"):
+        model = load_face_model(path)
+        with torch.no_grad():
+            assert torch.equal(model(x), expected)
+
+
+def test_face_and_hand_files_are_told_apart(weights_dir):
+    with pytest.raises(AnnotatorInputError) as caught:
+        load_face_model(weights_dir / HAND_WEIGHT_FILE)
+    message = str(caught.value)
+    assert HAND_WEIGHT_FILE in message and "the OpenPose face model (facenet.pth)" in message
+    assert "'conv6_2_CPM.weight' expected [71, 512, 1, 1] found [22, 512, 1, 1]" in message
+    assert "looks like the OpenPose hand model" in message
+    with pytest.raises(AnnotatorInputError, match="looks like the OpenPose face model"):
+        load_hand_model(weights_dir / FACE_WEIGHT_FILE)
+    with pytest.raises(AnnotatorInputError, match="looks like the OpenPose body model"):
+        load_face_model(weights_dir / BODY_WEIGHT_FILE)
+
+
+def test_face_requested_without_facenet_names_the_file_and_folder(weights_dir, tmp_path):
+    (tmp_path / BODY_WEIGHT_FILE).symlink_to(weights_dir / BODY_WEIGHT_FILE)
+    detector = OpenPoseDetector.from_folder(tmp_path)
+    detector.settings = OpenPoseSettings(body_box_size=16)  # small network inputs: this test is about files
+    with pytest.raises(MissingWeightsError) as missing:
+        detector.detect(np.zeros((16, 16, 3), np.uint8), include_hands=False, include_face=True)
+    assert FACE_WEIGHT_FILE in str(missing.value) and str(tmp_path) in str(missing.value)
+    # Put the file in the folder: the same detector picks it up when a face is asked for, not before.
+    (tmp_path / FACE_WEIGHT_FILE).symlink_to(weights_dir / FACE_WEIGHT_FILE)
+    detector.detect(np.zeros((16, 16, 3), np.uint8), resolution=64, include_hands=False)
+    assert detector.face_model is None
+    frame = detector.detect(np.zeros((16, 16, 3), np.uint8), resolution=64, include_hands=False, include_face=True)
+    assert frame["people"] == [] and detector.face_model is not None
+
+
+def test_face_box_follows_the_reference_rule():
+    from annotators.openpose.face_decode import face_box
+
+    body: list = [None] * 18
+    body[0] = (100.0, 80.0)  # nose
+    assert face_box(body, 300, 300) is None  # a nose alone gives no box
+    body[14] = (90.0, 74.0)  # an eye: half side 3 × max(10, 6) = 30
+    body[16] = (70.0, 78.0)  # an ear: 1.5 × max(30, 2) = 45 wins
+    box = face_box(body, 300, 300)
+    assert (box.x, box.y, box.size) == (55, 35, 90)
+    # Near the top/left border the corner is clamped and the side kept (the crop then runs past the
+    # face's far side, as in the reference).
+    body[0], body[14], body[16] = (20.0, 10.0), (15.0, 5.0), None
+    box = face_box(body, 300, 300)
+    assert (box.x, box.y, box.size) == (5, 0, 30)
+    # At the bottom/right border the reference compares the box's centre (the nose) with the border,
+    # so the side is kept and the box overhangs; the crop is cut to the image (40 px wide here).
+    body[0], body[14] = (290.0, 150.0), (280.0, 150.0)
+    assert face_box(body, 300, 300) == type(box)(260, 120, 60)
+    body[0], body[14] = (8.0, 8.0), (6.0, 7.0)  # half side 6: a 12 px box is under the 20 px minimum
+    assert face_box(body, 300, 300) is None
+
+
+def test_face_keypoints_are_the_heatmap_maxima_above_the_threshold():
+    from annotators.openpose.face_decode import face_peaks
+
+    heatmaps = np.zeros((40, 50, 71), np.float32)
+    heatmaps[:, :, 70] = 1.0  # the background map: never a keypoint
+    heatmaps[12, 30, 0] = 0.9
+    heatmaps[25, 3, 0] = 0.5  # a weaker rival
+    heatmaps[7, 44, 69] = 0.06  # just above the 0.05 threshold
+    heatmaps[1, 1, 5] = 0.05  # not above it
+    peaks = face_peaks(heatmaps)
+    assert len(peaks) == 70
+    assert peaks[0] == (30, 12) and peaks[69] == (44, 7)
+    assert peaks[5] is None and all(peaks[i] is None for i in range(1, 69) if i != 5)
+
+
+def test_detected_face_keypoints_land_on_the_input_pixels():
+    height, width, scale = 320, 400, 1.7
+    body = {part: (x * scale + 2, y * scale + 3) for part, (x, y) in POSE.items()}
+    image = np.zeros((height, width, 3), np.uint8)
+    draw_markers(image, body)
+    # The face box (nose ± 3 × the nose-eye distance) is x 100..242, y 0..142; 21 face markers on a
+    # 7 × 3 grid inside it, clear of the body's markers. Parts 21..69 have no marker: absent.
+    face = {part: (120 + 17 * (part % 7), (60, 72, 108)[part // 7]) for part in range(21)}
+    draw_markers(image, face, hand=True)
+    face_network = MarkerNetwork(70, body=False)
+    face_network.config = type("Config", (), {"stride": 8, "heatmap_channels": 71})()
+    detector = OpenPoseDetector(MarkerNetwork(18, body=True), face_model=face_network)
+    detector.settings = OpenPoseSettings(body_scale=1.0, body_box_size=320)
+    frame = detector.detect(image, resolution=320, include_hands=False, include_face=True)
+    (person,) = frame["people"]
+    keypoints = np.array(person["face_keypoints_2d"]).reshape(70, 3)
+    assert (keypoints[:21, 2] == 1.0).all() and (keypoints[21:] == 0.0).all()
+    found = keypoints[:21, :2] * [width, height]
+    expected = np.array([face[part] for part in range(21)], np.float64)
+    # Markers are 9 px squares; the 142 px crop is seen at 384 px and its heatmaps come back on an
+    # 8 px grid, so a keypoint lands within a grid cell's half-width (8 × 142 / 384 / 2 ≈ 1.5 px).
+    assert np.abs(found - expected).max() <= 2.0
+    rendered = render_pose(frame)
+    assert pixel(rendered, face[3]) == (255, 255, 255)
+
+
+def test_real_face_network_runs_on_batched_crops(weights_dir):
+    detector = OpenPoseDetector.from_files(weights_dir / BODY_WEIGHT_FILE, face_path=weights_dir / FACE_WEIGHT_FILE)
+    from annotators.openpose.face_decode import FaceDecodeConfig
+
+    detector.settings = OpenPoseSettings(face=FaceDecodeConfig(input_size=64))
+    people = []
+    for dx in (0, 30):
+        body: list = [None] * 18
+        body[0], body[14], body[15] = (20.0 + dx, 30.0), (14.0 + dx, 26.0), (26.0 + dx, 26.0)
+        people.append(body)
+    people.append([None] * 18)  # no head: no face
+    image = np.random.default_rng(2).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    detector.settings = OpenPoseSettings(face=FaceDecodeConfig(input_size=64), batch_size=2)  # 3 crops: 2 forwards
+    faces_per_frame = detector._detect_faces([image, image[:, ::-1]], [people, people[:1]])
+    assert [len(faces) for faces in faces_per_frame] == [3, 1]
+    faces = faces_per_frame[0]
+    assert faces[2] is None
+    for face in faces[:2] + faces_per_frame[1]:
+        assert len(face) == 70
+        assert all(point is None or (0 <= point[0] < 80 and 0 <= point[1] < 64) for point in face)
+
+
+@pytest.mark.parametrize("name", ["openpose_face", "openpose_full"])
+def test_openpose_face_and_full_run_by_name_with_pose_keypoints(weights_dir, name, monkeypatch):
+    from annotators import run_annotator
+    from annotators.neural import load_detector
+    from annotators.openpose.face_decode import FaceDecodeConfig
+
+    # The cached detector run_annotator will use, with small network inputs to keep the test fast.
+    detector = load_detector("openpose", "OpenPoseDetector", str(weights_dir))
+    small = OpenPoseSettings(body_box_size=64, hand_box_size=32, hand_scales=(1.0,), face=FaceDecodeConfig(input_size=64))
+    monkeypatch.setattr(detector, "settings", small)
+    batch = np.random.default_rng(3).integers(0, 256, (2, 20, 28, 3), dtype=np.uint8)
+    result = run_annotator(name, batch, resolution=64, models_dir=str(weights_dir))
+    assert result.images.shape == (2, 20, 28, 3) and result.images.dtype == np.uint8
+    assert [(f["canvas_height"], f["canvas_width"]) for f in result.pose_keypoints] == [(20, 28)] * 2
+
+
+# --------------------------------------------------------------------------- controlnet_aux as the oracle (where installed)
+
+
+def test_face_network_box_and_peaks_match_controlnet_aux(monkeypatch, weights_dir):
+    import sys
+
+    from aux_reference import load
+
+    from annotators.openpose.face_decode import face_box, face_peaks
+
+    reference = load(monkeypatch, "open_pose.face")
+    package = reference.__name__.rsplit(".", 1)[0]
+    util, body_module = sys.modules[f"{package}.util"], sys.modules[f"{package}.body"]
+    # The network: the reference FaceNet holding the published state dict, against ours loaded from the file.
+    state = torch.load(weights_dir / FACE_WEIGHT_FILE, weights_only=True)
+    theirs = reference.FaceNet().eval()
+    theirs.load_state_dict(state)
+    ours = load_face_model(weights_dir / FACE_WEIGHT_FILE)
+    x = torch.rand(2, 3, 64, 56) - 0.5
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x)[-1])
+    # The box rule, on random skeletons (pixels) with random missing eyes and ears.
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        points = [(float(x), float(y)) for x, y in rng.uniform(0, 200, (18, 2))]
+        body = [point if keep else None for point, keep in zip(points, rng.random(18) > 0.4)]
+        keypoints = [None if point is None else body_module.Keypoint(point[0], point[1]) for point in body]
+        expected = util.faceDetect(body_module.BodyResult(keypoints, 0.0, 0), np.zeros((160, 200, 3), np.uint8))
+        box = face_box(body, 160, 200)
+        assert (None if box is None else (box.x, box.y, box.size)) == expected
+    # The peaks, where every keypoint clears the threshold (the reference then keeps their order); the
+    # reference also appends the background map's maximum as a 71st point, which is not a keypoint.
+    heatmaps = rng.random((71, 30, 40)).astype(np.float32) * 0.2 + 0.06
+    expected = reference.Face.compute_peaks_from_heatmaps(None, heatmaps)
+    assert len(expected) == 71
+    assert face_peaks(heatmaps.transpose(1, 2, 0)) == [tuple(point) for point in expected[:70].tolist()]

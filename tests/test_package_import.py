@@ -37,3 +37,15 @@ def test_a_real_import_error_in_the_pack_is_not_hidden(tmp_path):
     code = IMPORT_AS_HOST_DOES.format(name="pack", root=tmp_path / "pack")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode != 0 and "a_module_that_does_not_exist" in result.stderr
+
+
+def test_imports_as_a_lone_module_when_the_folder_name_is_not_an_identifier(tmp_path):
+    # pytest imports the root __init__.py this way when the clone folder is e.g. "controlnet-pack".
+    code = ("import importlib.util\n"
+            f"spec = importlib.util.spec_from_file_location('__init__', {str(REPO_ROOT / '__init__.py')!r})\n"
+            "module = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(module)\n"
+            "print(len(module.NODE_CLASS_MAPPINGS), module.HOST_UNAVAILABLE_REASON)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("0 imported as a plain module")

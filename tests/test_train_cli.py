@@ -149,7 +149,8 @@ def test_sdxl_checkpoint_trains_an_sdxl_controlnet(files, tmp_path):
     output = tmp_path / "sdxl.safetensors"
     argv = args_for(files, output, "--steps", "1", "--mixed-precision", "bf16", base="sdxl")
     assert run_train(argv, tiny_config("sdxl").overrides) == 0
-    assert controlnet_core.describe(output)["family"] == "sdxl"
+    identity = controlnet_core.identify(output)
+    assert (identity.system, identity.family) == ("ControlNet", "sdxl")
 
 
 def test_unlocked_decoder_trains_the_unet_decoder_and_saves_the_unet(files, tmp_path):

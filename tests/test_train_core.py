@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import controlnet_core
-from controlnet_core.formats.diffusers import diffusers_to_ldm
+from controlnet_core.ldm.diffusers_keys import diffusers_to_ldm
 from controlnet_core.train import (EncodedDataset, HintStore, NoiseSchedule, TextCondition, TrainableControlNet,
                                    TrainConfig, train, training_loss)
 from controlnet_core.train.diffusers_base import DiffusersBase

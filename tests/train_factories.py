@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from controlnet_core.formats.diffusers import RESNET_RENAMES, diffusers_unet_encoder_to_ldm
+from controlnet_core.ldm.diffusers_keys import RESNET_RENAMES, diffusers_unet_encoder_to_ldm
 from tests.factories import make_diffusers_unet, randomize_, save_state_dict, tiny_config
 
 UNET = "model.diffusion_model."

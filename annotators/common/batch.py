@@ -39,3 +39,13 @@ def gray_to_rgb(maps: np.ndarray) -> np.ndarray:
     if maps.ndim == 4 and maps.shape[-1] == 1:
         maps = maps[..., 0]
     return np.ascontiguousarray(np.repeat(maps[..., None], 3, axis=-1))
+
+
+def normalise_per_image(maps: np.ndarray) -> np.ndarray:
+    """Min-max each map of a B×... stack to [0, 1] (a constant map becomes 0), as comfyui_controlnet_aux does."""
+    flat = maps.reshape(len(maps), -1)
+    shape = (-1,) + (1,) * (maps.ndim - 1)
+    low = flat.min(axis=1).reshape(shape)
+    span = (flat.max(axis=1).reshape(shape) - low).astype(np.float32)
+    safe_span = np.where(span > 0, span, 1.0)
+    return np.where(span > 0, (maps - low) / safe_span, 0.0).astype(np.float32)

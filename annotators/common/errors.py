@@ -50,3 +50,21 @@ class MissingWeightsError(FileNotFoundError):
             (self.file_name, self.folder),
             {"annotator": self.annotator, "source": self.source, "args": self.args},
         )
+
+
+class MissingDependencyError(ImportError):
+    """An optional package that one neural annotator needs is not installed.
+
+    Only that annotator needs it (nothing else in the pack imports it); the message names the
+    package and how to install it.
+    """
+
+    def __init__(self, package: str, *, annotator: str, install: str | None = None) -> None:
+        self.package = package
+        self.annotator = annotator
+        how = install or f"pip install {package}"
+        super().__init__(
+            f"{annotator}: needs the Python package {package!r}, which is not installed. "
+            f"Install it with `{how}` (only this annotator needs it).",
+            name=package,
+        )

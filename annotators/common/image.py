@@ -185,12 +185,37 @@ def to_batch_uint8(images: Any, *, what: str = "images") -> np.ndarray:
     return _channels_to_uint8_rgb(array, what)
 
 
+# The longest side a detection image may have. An extreme aspect ratio at the usual resolution
+# (3×700 at 512 is 512×119467) would otherwise allocate gigabytes before any work starts; 16384 is
+# also the largest resolution the registry accepts, so every square input stays possible.
+MAX_DETECTION_SIDE = 16384
+
+
 def scaled_size(height: int, width: int, resolution: int | None) -> tuple[int, int]:
     """Size ``(h, w)`` with the short side at ``resolution`` (aspect kept); unchanged for None/0."""
     if not resolution:
         return height, width
     scale = resolution / min(height, width)
     return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+def check_detection_size(height: int, width: int, resolution: int | None) -> tuple[int, int]:
+    """The detection size of an ``height×width`` input at ``resolution``, or an AnnotatorInputError
+    when its long side would exceed :data:`MAX_DETECTION_SIDE`. Computed from the sizes alone,
+    before anything is allocated."""
+    new_h, new_w = scaled_size(height, width, resolution)
+    if max(new_h, new_w) <= MAX_DETECTION_SIDE:
+        return new_h, new_w
+    short, long = min(height, width), max(height, width)
+    largest = MAX_DETECTION_SIDE * short // long  # the largest resolution this aspect ratio allows
+    at = f"at resolution {resolution}" if resolution else "at its own size (resolution 0)"
+    fix = "crop the image to a less extreme aspect ratio"
+    if resolution and largest >= 64:
+        fix = f"use a resolution of at most {largest}, or {fix}"
+    raise AnnotatorInputError(
+        f"image: a {height}×{width} (H×W) image {at} would need a {new_h}×{new_w} detection image; expected a "
+        f"long side of at most {MAX_DETECTION_SIDE} px: {fix} (it is {long / short:.1f}:1)"
+    )
 
 
 @dataclass(frozen=True)
@@ -243,6 +268,32 @@ class FitToResolution:
 
     __call__ = restore
 
+    def restore_binary(self, output: np.ndarray, *, lines: bool = False) -> np.ndarray:
+        """:meth:`restore` for two-level maps (0 = off, anything else = on): exactly {0, 255} uint8.
+
+        Resampling back to the input size blurs the two levels into gray, and ControlNets were
+        trained on binary maps, so the resampled map is thresholded again. ``lines=False`` (filled
+        regions) keeps a pixel that is at least half covered. ``lines=True`` (edges and strokes a
+        pixel or so wide) keeps, when shrinking by ``s``, every pixel covered by at least ``1/(2s)``:
+        a one-pixel line spreads ``1/s`` of coverage over the pixels it crosses, so the most-covered
+        one always survives and the line is neither dropped nor thickened beyond the pixels it
+        touches. When enlarging, a line keeps its scaled width (a 1 px line at 2× is 2 px wide).
+        """
+        on = (np.asarray(output) > 0).astype(np.uint8)
+        on *= 255
+        coverage = self.restore(on)  # uint8: 255 = fully covered (resampled in 8 bits: fast)
+        if self.scaled_size == self.original_size:
+            return coverage  # cropped only, still two levels
+        threshold = 0.5
+        if lines:
+            shrink = max(self.scaled_size[0] / self.original_size[0], self.scaled_size[1] / self.original_size[1])
+            threshold = 0.5 / max(1.0, shrink)
+        # The resampled coverage is rounded to whole levels: keep what rounds to the threshold or above
+        # (an exact half stays on).
+        kept = (coverage >= threshold * 255.0 - 0.5).astype(np.uint8)
+        kept *= 255
+        return kept
+
     def _restore_one(self, cropped: np.ndarray, interpolation: str) -> np.ndarray:
         height, width = self.original_size
         if cropped.shape[:2] == (height, width):
@@ -290,7 +341,7 @@ def fit_to_resolution(
     height, width = image.shape[1:3] if batched else image.shape[:2]
     _check_spatial(height, width, "image")
 
-    new_h, new_w = scaled_size(height, width, resolution)
+    new_h, new_w = check_detection_size(height, width, resolution)
     pad_h = math.ceil(new_h / multiple) * multiple
     pad_w = math.ceil(new_w / multiple) * multiple
     fit = FitToResolution((height, width), (new_h, new_w), (pad_h, pad_w))

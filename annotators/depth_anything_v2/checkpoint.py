@@ -17,8 +17,8 @@ from ..common.checkpoint import (
     build_and_load,
     check_state_dict,
     expected_shapes,
-    identify,
     read_state_dict,
+    require_tensor,
 )
 from .model import DepthAnythingV2Config, DepthAnythingV2Model
 
@@ -31,14 +31,11 @@ _EMBED_DIM_TO_ENCODER = {384: "vits", 768: "vitb", 1024: "vitl"}
 def config_from_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> DepthAnythingV2Config:
     """Pick the preset whose embedding width matches the file; the full key check comes after."""
     pos_embed = state.get("pretrained.pos_embed")
+    if pos_embed is None:  # keys under another prefix: size the model anyway, the key check names the prefix
+        pos_embed = next((value for key, value in state.items() if key.endswith(".pos_embed")), None)
     if pos_embed is None or pos_embed.ndim != 3:
-        looks_like = identify(state)
-        raise CheckpointMismatchError(
-            f"{ANNOTATOR}: weight file '{path}' does not hold a Depth Anything V2 model: key "
-            f"'pretrained.pos_embed' (shape [1, 1370, C]) is "
-            + ("missing" if pos_embed is None else f"of shape {list(pos_embed.shape)}")
-            + f"; found keys like {sorted(state)[:3]}."
-            + (f" The file looks like {looks_like}." if looks_like else "")
+        pos_embed = require_tensor(
+            state, "pretrained.pos_embed", ndim=3, path=path, annotator=ANNOTATOR, architecture="a Depth Anything V2 model"
         )
     embed_dim = int(pos_embed.shape[-1])
     if embed_dim not in _EMBED_DIM_TO_ENCODER:

@@ -15,21 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..common import fit_to_resolution, to_batch_uint8
+from ..common import fit_to_resolution, normalise_per_image, to_batch_uint8
 from ..common.checkpoint import SingleModelDetector
 from .checkpoint import ANNOTATOR, WEIGHT_FILE, WEIGHT_SOURCE, load_depth_anything_v2
 from .model import DepthAnythingV2Config, DepthAnythingV2Model, normalise_rgb
 
 DEFAULT_BATCH_SIZE = 8
-
-
-def normalise_per_image(depth: np.ndarray) -> np.ndarray:
-    """Min-max each B×H×W map to [0, 1] (a constant map becomes 0), as comfyui_controlnet_aux does."""
-    flat = depth.reshape(len(depth), -1)
-    low = flat.min(axis=1).reshape(-1, 1, 1)
-    span = (flat.max(axis=1).reshape(-1, 1, 1) - low).astype(np.float32)
-    safe_span = np.where(span > 0, span, 1.0)
-    return np.where(span > 0, (depth - low) / safe_span, 0.0).astype(np.float32)
 
 
 class DepthAnythingV2(SingleModelDetector):
@@ -70,11 +61,7 @@ class DepthAnythingV2(SingleModelDetector):
         patch = self.model.config.patch_size
         padded, fit = fit_to_resolution(batch, resolution, multiple=patch)
         dtype = self.dtype
-        outputs = []
-        for start in range(0, len(padded), max(1, batch_size)):
-            chunk = torch.from_numpy(padded[start : start + batch_size]).to(self.device)
-            disparity = self.model(normalise_rgb(chunk).to(dtype))
-            outputs.append(disparity.float().cpu().numpy())
+        disparity = self.forward_in_chunks(padded, lambda chunk: self.model(normalise_rgb(chunk).to(dtype)), batch_size)
         # restore() reads a 4-D array as a batch: give the maps a channel axis.
-        depth = fit.restore(np.concatenate(outputs)[..., None], interpolation="linear")[..., 0]
+        depth = fit.restore(disparity[..., None], interpolation="linear")[..., 0]
         return normalise_per_image(depth)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..common.dpt import Attention, FeatureFusionBlock, Mlp, normalise_images
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -68,30 +70,6 @@ class PatchEmbed(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.proj(image).flatten(2).transpose(1, 2)  # B×N×C
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        batch, count, dim = tokens.shape
-        qkv = self.qkv(tokens).reshape(batch, count, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        return self.proj(attended.transpose(1, 2).reshape(batch, count, dim))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(tokens)))
 
 
 class LayerScale(nn.Module):
@@ -167,38 +145,6 @@ class DinoVisionTransformer(nn.Module):
 
 
 # --------------------------------------------------------------------------- DPT head
-
-
-class ResidualConvUnit(nn.Module):
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(features, features, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv2d(features, features, kernel_size=3, padding=1)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        residual = self.conv2(F.relu(self.conv1(F.relu(hidden))))
-        return residual + hidden
-
-
-class FeatureFusionBlock(nn.Module):
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.out_conv = nn.Conv2d(features, features, kernel_size=1)
-        # The deepest block has no skip input, so its resConfUnit1 is stored but never used.
-        self.resConfUnit1 = ResidualConvUnit(features)
-        self.resConfUnit2 = ResidualConvUnit(features)
-
-    def forward(
-        self, hidden: torch.Tensor, skip: torch.Tensor | None = None, size: tuple[int, int] | None = None
-    ) -> torch.Tensor:
-        if skip is not None:
-            hidden = hidden + self.resConfUnit1(skip)
-        hidden = self.resConfUnit2(hidden)
-        if size is None:
-            hidden = F.interpolate(hidden, scale_factor=2, mode="bilinear", align_corners=True)
-        else:
-            hidden = F.interpolate(hidden, size=size, mode="bilinear", align_corners=True)
-        return self.out_conv(hidden)
 
 
 class DPTScratch(nn.Module):
@@ -278,7 +224,4 @@ class DepthAnythingV2Model(nn.Module):
 
 def normalise_rgb(images_uint8: torch.Tensor) -> torch.Tensor:
     """B×H×W×3 uint8 → B×3×H×W float, ImageNet-normalised (what the encoder was trained on)."""
-    image = images_uint8.permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=image.device).view(1, 3, 1, 1)
-    return (image - mean) / std
+    return normalise_images(images_uint8, IMAGENET_MEAN, IMAGENET_STD)

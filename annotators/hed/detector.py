@@ -7,19 +7,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..common import fit_to_resolution, to_batch_uint8
+from ..common import fit_to_resolution, restore_binary, safe_step, scribble_batch, to_batch_uint8, to_uint8_truncated
 from ..common.checkpoint import SingleModelDetector
 from .checkpoint import ANNOTATOR, WEIGHT_FILE, WEIGHT_SOURCE, load_hed_model
 from .model import HEDModel
-
-# Feature maps of the first block are 64×H×W floats; 8 frames at 512² keep a forward under ~1 GiB.
-DEFAULT_BATCH_SIZE = 8
-
-
-def safe_step(edges: np.ndarray, steps: int = 2) -> np.ndarray:
-    """Quantise to ``steps`` + 1 levels (ControlNet's "safe" HED: fewer faint, noisy edges)."""
-    quantised = np.floor(edges.astype(np.float32) * (steps + 1)) / steps
-    return np.clip(quantised, 0.0, 1.0)
 
 
 class HEDDetector(SingleModelDetector):
@@ -29,6 +20,8 @@ class HEDDetector(SingleModelDetector):
     annotator = ANNOTATOR
     weight_source = WEIGHT_SOURCE
     model: HEDModel
+    # Feature maps of the first block are 64×H×W floats; 8 frames at 512² keep a forward under ~1 GiB.
+    accelerator_batch_size = 8
 
     @classmethod
     def load_model(cls, path: str | Path) -> HEDModel:
@@ -36,7 +29,7 @@ class HEDDetector(SingleModelDetector):
 
     @torch.inference_mode()
     def __call__(
-        self, images: Any, *, resolution: int = 512, safe: bool = False, batch_size: int = DEFAULT_BATCH_SIZE
+        self, images: Any, *, resolution: int = 512, safe: bool = False, batch_size: int | None = None
     ) -> np.ndarray:
         """Edge map per image. ``images``: B×H×W×C (uint8 or float [0, 1]; RGB, RGBA or gray) or one image.
 
@@ -45,15 +38,29 @@ class HEDDetector(SingleModelDetector):
         """
         batch = to_batch_uint8(images)
         padded, fit = fit_to_resolution(batch, resolution, multiple=64)
-        dtype = self.dtype
-        outputs = []
-        for start in range(0, len(padded), max(1, batch_size)):
-            chunk = torch.from_numpy(padded[start : start + batch_size]).to(self.device)
-            rgb = chunk.permute(0, 3, 1, 2).to(dtype)  # the network takes RGB in 0..255
-            outputs.append(self.model.edge_probability(rgb).float().cpu().numpy())
+        # The network takes RGB in 0..255.
+        probabilities = self.forward_batches(padded, self.model.edge_probability, batch_size)
         # restore() reads a 4-D array as a batch: give the maps a channel axis.
-        edges = fit.restore(np.concatenate(outputs)[..., None], interpolation="linear")[..., 0]
+        edges = fit.restore(probabilities[..., None], interpolation="linear")[..., 0]
         edges = np.clip(edges, 0.0, 1.0)
         if safe:
             edges = safe_step(edges)
         return edges.astype(np.float32)
+
+    @torch.inference_mode()
+    def scribble(
+        self, images: Any, *, resolution: int = 512, safe: bool = False, batch_size: int | None = None
+    ) -> np.ndarray:
+        """Fake scribble (ControlNet 1.1 ``scribble_hed``): ``B×H×W`` uint8, white strokes (255) on black.
+
+        As controlnet_aux: the edge probability (sigmoid in float64, optionally ``safe``-quantised)
+        is truncated to 8 bits at the detection size, thinned, blurred and thresholded there; the
+        binary map is then resized to the input size and re-thresholded so it stays binary.
+        """
+        batch = to_batch_uint8(images)
+        padded, fit = fit_to_resolution(batch, resolution, multiple=64)
+        logits = self.forward_batches(padded, self.model.mean_logit, batch_size)
+        edges = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        if safe:
+            edges = safe_step(edges)
+        return restore_binary(fit, scribble_batch(to_uint8_truncated(edges)))

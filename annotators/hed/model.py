@@ -73,11 +73,15 @@ class HEDModel(nn.Module):
             side_outputs.append(projection)
         return side_outputs
 
-    def edge_probability(self, rgb_0_255: torch.Tensor) -> torch.Tensor:
-        """B×H×W edge probability: side outputs upsampled to the input size, averaged, sigmoid."""
+    def mean_logit(self, rgb_0_255: torch.Tensor) -> torch.Tensor:
+        """B×H×W edge logit: the side outputs upsampled to the input size and averaged."""
         height, width = rgb_0_255.shape[-2:]
         side_outputs = self(rgb_0_255)
         upsampled = [
             F.interpolate(side, size=(height, width), mode="bilinear", align_corners=False) for side in side_outputs
         ]
-        return torch.sigmoid(torch.stack(upsampled, dim=0).mean(dim=0))[:, 0]
+        return torch.stack(upsampled, dim=0).mean(dim=0)[:, 0]
+
+    def edge_probability(self, rgb_0_255: torch.Tensor) -> torch.Tensor:
+        """B×H×W edge probability: the sigmoid of :meth:`mean_logit`."""
+        return torch.sigmoid(self.mean_logit(rgb_0_255))

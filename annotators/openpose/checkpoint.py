@@ -1,4 +1,4 @@
-"""Loading the published OpenPose files ``body_pose_model.pth`` and ``hand_pose_model.pth``.
+"""Loading the published OpenPose files ``body_pose_model.pth``, ``hand_pose_model.pth`` and ``facenet.pth``.
 
 Those files (Caffe models converted by pytorch-openpose) store every conv under its bare layer
 name, e.g. ``conv1_1.weight`` or ``Mconv7_stage6_L2.bias``. Our modules nest the same layer names
@@ -15,11 +15,13 @@ from torch import nn
 
 from ..common.checkpoint import build_and_load, check_state_dict, expected_shapes, read_state_dict
 from .body_model import BodyPoseConfig, BodyPoseModel
+from .face_model import FacePoseConfig, FacePoseModel
 from .hand_model import HandPoseConfig, HandPoseModel
 
 ANNOTATOR = "OpenPose"
 BODY_WEIGHT_FILE = "body_pose_model.pth"
 HAND_WEIGHT_FILE = "hand_pose_model.pth"
+FACE_WEIGHT_FILE = "facenet.pth"
 WEIGHT_SOURCE = "https://huggingface.co/lllyasviel/Annotators"
 
 
@@ -69,4 +71,12 @@ def load_hand_model(path: str | Path, config: HandPoseConfig | None = None) -> H
     config = config or HandPoseConfig()
     model = _load(path, lambda: HandPoseModel(config), "the OpenPose hand model (hand_pose_model.pth)")
     assert isinstance(model, HandPoseModel)
+    return model
+
+
+def load_face_model(path: str | Path, config: FacePoseConfig | None = None) -> FacePoseModel:
+    """Read, validate and load a ``facenet.pth`` (float32, eval mode, CPU)."""
+    config = config or FacePoseConfig()
+    model = _load(path, lambda: FacePoseModel(config), "the OpenPose face model (facenet.pth)")
+    assert isinstance(model, FacePoseModel)
     return model

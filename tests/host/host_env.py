@@ -103,7 +103,8 @@ class HostServer:
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json.loads(response.read())
+                body = response.read()
+                return response.status, json.loads(body) if body else {}  # /free answers with no body
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"{}")
 
@@ -145,7 +146,12 @@ class HostServer:
 MODEL_FILES = {"checkpoint": ("checkpoints", "v1-5-pruned-emaonly.safetensors"),
                "pose": ("controlnet", "control_v11p_sd15_openpose.safetensors"),
                "depth": ("controlnet", "control_v11f1p_sd15_depth.safetensors"),
-               "sdxl": ("controlnet", "controlnet_sdxl_small_random.safetensors")}
+               "sdxl": ("controlnet", "controlnet_sdxl_small_random.safetensors"),
+               "t2i_full": ("controlnet", "t2iadapter_depth_sd15v2.safetensors"),
+               "t2i_light": ("controlnet", "t2iadapter_color_sd14v1.safetensors"),
+               "t2i_light_diffusers": ("controlnet", "t2iadapter_color_sd14v1_diffusers.safetensors"),
+               "controlnext": ("controlnet", "controlnext_sd15_controlnet.safetensors"),
+               "controlnext_unet": ("controlnet", "controlnext_sd15_unet_weight_increasements.safetensors")}
 
 
 def prepare_base(base: Path, weights: dict[str, Path], images: dict[str, "object"] | None = None) -> Path:
@@ -167,6 +173,8 @@ def prepare_base(base: Path, weights: dict[str, Path], images: dict[str, "object
 
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# Nodes that exist only in the graph editor (notes, reroutes); the editor never sends them to /prompt.
+FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
 
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
@@ -176,7 +184,7 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) in (2, 4):  # muted or bypassed
+        if node.get("mode", 0) in (2, 4) or node["type"] in FRONTEND_ONLY:  # muted, bypassed, or a note
             continue
         info = object_info[node["type"]]
         inputs: dict = {}

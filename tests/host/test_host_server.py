@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -54,8 +56,10 @@ def test_object_info_schemas_match_the_snapshot(object_info):
             for entry in expected["inputs"][section]:
                 kind, options = served[entry["name"]][0], served[entry["name"]][1]
                 assert options.get("tooltip"), f"{key}.{entry['name']} has no tooltip in /object_info"
-                if entry["type"] == "COMBO:files":
-                    assert POSE in kind and DEPTH in kind  # the folder's files, through folder_paths
+                if isinstance(entry["type"], str) and entry["type"].startswith("COMBO:"):
+                    # a models-folder list, after any fixed leading values ("none+files")
+                    fixed = entry["type"][len("COMBO:"):].split("+")[:-1]
+                    assert kind[:len(fixed)] == fixed and POSE in kind and DEPTH in kind  # through folder_paths
                 elif isinstance(entry["type"], list):
                     assert kind == entry["type"][1:]
                 else:
@@ -141,11 +145,49 @@ def test_pose_depth_stack_matches_two_chained_host_nodes(server):
     assert relative_difference(ours, host) <= LATENT_TOLERANCE
 
 
+def listed_models(workflow: dict) -> list[dict]:
+    """The workflow's models metadata: the top-level list and each node's properties.models."""
+    entries = list(workflow.get("models", []))
+    entries += [entry for node in workflow["nodes"] for entry in node.get("properties", {}).get("models", [])]
+    return entries
+
+
+@pytest.fixture(scope="module")
+def example_models(server, host_weights) -> None:
+    """Random-weight stand-ins, under the names and in the folders the examples' models metadata gives,
+    and only those: a file an example needs but does not list is missing and fails its run."""
+    stand_ins = {"checkpoints": lambda name: host_weights["checkpoint"],
+                 "controlnet": lambda name: host_weights["pose" if "openpose" in name else "depth"],
+                 "annotators": lambda name: random_annotator_weights(name)}
+    for workflow in EXAMPLES:
+        for entry in listed_models(json.loads(workflow.read_text())):
+            folder = Path(server.base) / "models" / entry["directory"]
+            folder.mkdir(parents=True, exist_ok=True)
+            if not (folder / entry["name"]).exists():
+                (folder / entry["name"]).symlink_to(stand_ins[entry["directory"]](entry["name"]))
+
+
+def random_annotator_weights(name: str) -> Path:
+    """A random-weight file of the published architecture for an annotator weight file (cached)."""
+    path = host_env.WEIGHTS_CACHE / f"random_{name}"
+    if not path.exists():
+        from annotators.depth_anything_v2 import WEIGHT_FILE, DepthAnythingV2
+
+        assert name == WEIGHT_FILE, f"no stand-in for annotator weights {name!r}"
+        torch.save(DepthAnythingV2.random(seed=0).model.state_dict(), path)
+    return path
+
+
 @pytest.mark.parametrize("workflow", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_workflow_runs_through_the_http_api(server, object_info, workflow):
-    prompt = host_env.ui_to_api(json.loads(workflow.read_text()), object_info)
+def test_example_workflow_runs_as_shipped_through_the_http_api(server, object_info, example_models, workflow):
+    """The example as a fresh install gets it: no input images (the pose and photo are bundled), the
+    models its metadata lists. Only the size and the step count are cut (512², 20 steps on a CPU
+    would take minutes), through the API prompt, exactly as a user could."""
+    graph = json.loads(workflow.read_text())
+    prompt = host_env.ui_to_api(graph, object_info)
     assert any(node["class_type"].startswith(OURS) for node in prompt.values())
-    for node in prompt.values():  # the examples are 512², 20 steps: shrink for the test
+    assert not any(node["class_type"] == "LoadImage" for node in prompt.values()), "needs an uploaded image"
+    for node in prompt.values():
         if node["class_type"] == "EmptyLatentImage":
             node["inputs"].update(width=256, height=256)
         if node["class_type"] == "KSampler":
@@ -166,7 +208,7 @@ def bad_prompts() -> dict[str, tuple[dict, str]]:
     return {"missing model file": (missing, "no_such_controlnet.safetensors"),
             "SDXL ControlNet on SD1.5": (sdxl, "does not fit the base model"),
             "mask of another size": (odd_mask, "mask is 40×72"),
-            "image batch 3 for latent batch 4": (batch, "batch of 3 does not match the latent batch of 4")}
+            "image batch 3 for latent batch 4": (batch, "batch of 3 does not pair with the latent batch of 4")}
 
 
 def test_bad_input_fails_the_prompt_clearly_and_the_next_prompt_runs(server):
@@ -183,7 +225,7 @@ def test_preprocessor_nodes_run_in_the_host_with_a_preview(server):
     from PIL import Image
 
     prompt = {
-        "photo": {"class_type": "LoadImage", "inputs": {"image": "example_depth.png"}},
+        "photo": {"class_type": f"{OURS}LoadSampleImage", "inputs": {"sample": "coffee.png"}},
         "edges": {"class_type": f"{OURS}Preprocessor",
                   "inputs": {"image": ["photo", 0], "preprocessor": "canny", "resolution": 256}},
         "save": {"class_type": "SaveImage", "inputs": {"images": ["edges", 0], "filename_prefix": "maps/canny"}},
@@ -193,7 +235,8 @@ def test_preprocessor_nodes_run_in_the_host_with_a_preview(server):
     assert result["outputs"]["edges"]["images"], "the control map is previewed on the node"
     saved = result["outputs"]["save"]["images"][0]
     with Image.open(Path(server.base) / "output" / saved["subfolder"] / saved["filename"]) as image:
-        assert image.size == (256, 256)  # the input's own size
+        assert image.size == (600, 400)  # the input's own size (coffee.png), detected at 256
+        assert set(np.unique(np.asarray(image)).tolist()) <= {0, 255}  # canny stays black and white
 
     # A neural type without its weights fails the prompt naming the file and the folder; the next prompt runs.
     prompt["edges"]["inputs"]["preprocessor"] = "openpose"
@@ -216,3 +259,32 @@ def test_web_extension_imports_resolve_on_the_server(server):
         resolved = urllib.parse.urljoin(server.url + listed[0], target)
         with urllib.request.urlopen(resolved, timeout=30) as response:
             assert response.status == 200, resolved
+
+
+def test_neural_preprocessors_are_loaded_and_freed_by_the_hosts_model_manager(server, example_models):
+    """Depth Anything V2 goes through the host's load_models_gpu (the host logs each load request):
+    loaded once, kept while nothing needs the room, unloaded by the host's /free with every other
+    model, and loaded again by the next run."""
+    prompt = {
+        "photo": {"class_type": f"{OURS}LoadSampleImage", "inputs": {"sample": "chelsea.png"}},
+        "depth": {"class_type": f"{OURS}DepthAnythingV2Preprocessor", "inputs": {"image": ["photo", 0], "resolution": 140}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["depth", 0], "filename_prefix": "maps/depth"}},
+    }
+
+    def run_with_resolution(resolution: int) -> int:
+        prompt["depth"]["inputs"]["resolution"] = resolution  # a new input each time: the host re-runs the node
+        result = server.run_prompt(prompt)
+        assert result["ok"], result["error"]
+        return server.log().count("Requested to load AnnotatorModels")
+
+    def free_everything() -> None:
+        status, _ = server.post("/free", {"unload_models": True, "free_memory": True})
+        assert status == 200
+        time.sleep(1)  # the host's worker wakes on the flag and unloads before it takes the next prompt
+
+    free_everything()
+    loads = server.log().count("Requested to load AnnotatorModels")
+    assert run_with_resolution(140) == loads + 1  # the host loaded it
+    assert run_with_resolution(154) == loads + 1  # still loaded: the host kept it, no new request
+    free_everything()
+    assert run_with_resolution(168) == loads + 2  # the host had unloaded it; loaded again

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -30,6 +31,45 @@ SDXL_SMALL_CONTROLNET = dict(image_size=32, in_channels=4, model_channels=64, nu
                              num_classes="sequential", adm_in_channels=2816, use_spatial_transformer=True, legacy=False)
 SD15_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
             "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+
+# ControlNeXt's module A (ControlNeXt-SDXL/models/controlnet.py and the new SD1.5 recipe), as released:
+# module name -> shape. diffusers' ResnetBlock2D / Downsample2D names; 52 tensors.
+CONTROLNEXT_MODULE_A = {
+    "time_embedding.linear_1.weight": (256, 128), "time_embedding.linear_1.bias": (256,),
+    "time_embedding.linear_2.weight": (256, 256), "time_embedding.linear_2.bias": (256,),
+    "embedding.0.weight": (64, 3, 3, 3), "embedding.0.bias": (64,), "embedding.1.weight": (64,),
+    "embedding.1.bias": (64,), "embedding.3.weight": (64, 64, 3, 3), "embedding.3.bias": (64,),
+    "embedding.4.weight": (64,), "embedding.4.bias": (64,), "embedding.6.weight": (128, 64, 3, 3),
+    "embedding.6.bias": (128,), "embedding.7.weight": (128,), "embedding.7.bias": (128,),
+    **{f"down_res.{i}.{name}": shape for i, (cin, cout) in enumerate(((128, 128), (128, 256))) for name, shape in (
+        ("norm1.weight", (cin,)), ("norm1.bias", (cin,)), ("conv1.weight", (cout, cin, 3, 3)), ("conv1.bias", (cout,)),
+        ("time_emb_proj.weight", (cout, 256)), ("time_emb_proj.bias", (cout,)), ("norm2.weight", (cout,)),
+        ("norm2.bias", (cout,)), ("conv2.weight", (cout, cout, 3, 3)), ("conv2.bias", (cout,)))},
+    "down_res.1.conv_shortcut.weight": (256, 128, 1, 1), "down_res.1.conv_shortcut.bias": (256,),
+    "down_sample.0.conv.weight": (128, 128, 3, 3), "down_sample.0.conv.bias": (128,),
+    "down_sample.1.conv.weight": (256, 256, 3, 3), "down_sample.1.conv.bias": (256,),
+    "mid_convs.0.0.weight": (256, 256, 3, 3), "mid_convs.0.0.bias": (256,), "mid_convs.0.2.weight": (256,),
+    "mid_convs.0.2.bias": (256,), "mid_convs.0.3.weight": (256, 256, 3, 3), "mid_convs.0.3.bias": (256,),
+    "mid_convs.0.4.weight": (256,), "mid_convs.0.4.bias": (256,), "mid_convs.1.weight": (320, 256, 1, 1),
+    "mid_convs.1.bias": (320,),
+}
+
+
+def sd15_to_out_shapes() -> dict[str, tuple[int, ...]]:
+    """Every attention `to_out` of the SD1.5 UNet in diffusers names (the new SD1.5 ControlNeXt
+    recipe fine-tunes exactly these): down blocks 0-2 and up blocks 1-3 have attentions (2 and 3 per
+    block), at 320/640/1280 channels; plus the mid block's."""
+    shapes = {}
+    widths = (320, 640, 1280)
+    blocks = [(f"down_blocks.{i}.attentions.{j}", widths[i]) for i in range(3) for j in range(2)]
+    blocks += [(f"up_blocks.{i}.attentions.{j}", widths[3 - i]) for i in range(1, 4) for j in range(3)]
+    blocks.append(("mid_block.attentions.0", 1280))
+    for prefix, width in blocks:
+        for attention in ("attn1", "attn2"):
+            key = f"{prefix}.transformer_blocks.0.{attention}.to_out.0"
+            shapes[f"{key}.weight"], shapes[f"{key}.bias"] = (width, width), (width,)
+    return shapes
+
 
 CHECKPOINT = "sd15_random.safetensors"
 CONTROLNETS = {"pose": "sd15_pose_random.safetensors", "depth": "sd15_depth_random.safetensors"}
@@ -89,15 +129,50 @@ def controlnet_shapes(config: dict) -> dict[str, torch.Size]:
                                                           **config))
 
 
+SYSTEM_FILES = {"t2i_full": "t2i_full_sd15_random.safetensors", "t2i_light": "t2i_light_sd15_random.safetensors",
+                "t2i_light_diffusers": "t2i_light_diffusers_random.safetensors",
+                "controlnext": "controlnext_sd15_random.safetensors",
+                "controlnext_unet": "controlnext_sd15_unet_weight_increasements_random.safetensors"}
+SYSTEMS_VERSION = 1
+
+
+def ensure_system_weights(folder: Path) -> dict[str, Path]:
+    """T2I-Adapter (full and light SD1.5, the light one also in the diffusers layout) and ControlNeXt
+    (module A and an SD1.5 UNet weight subset of deltas) files, created once."""
+    import comfy.t2i_adapter.adapter as adapter
+
+    paths = {key: folder / name for key, name in SYSTEM_FILES.items()}
+    marker = folder / "systems.json"
+    if marker.exists() and json.loads(marker.read_text()).get("version") == SYSTEMS_VERSION and \
+            all(p.exists() for p in paths.values()):
+        return paths
+    full = _meta_shapes(lambda: adapter.Adapter(cin=192, channels=[320, 640, 1280, 1280], nums_rb=2, ksize=1,
+                                                sk=True, use_conv=False, xl=False))
+    light = _meta_shapes(lambda: adapter.Adapter_light(cin=192, channels=[320, 640, 1280, 1280], nums_rb=4))
+    save_file(random_like_shapes(full, seed=30, dtype=torch.float32), str(paths["t2i_full"]))
+    light_tensors = random_like_shapes(light, seed=31, dtype=torch.float32)
+    save_file(light_tensors, str(paths["t2i_light"]))
+    # diffusers' light layout: body.{i}.body.{j} -> adapter.body.{i}.resnets.{j}, everything under adapter.
+    diffusers_light = {"adapter." + re.sub(r"^body\.(\d+)\.body\.", r"body.\1.resnets.", k): v
+                       for k, v in light_tensors.items()}
+    save_file(diffusers_light, str(paths["t2i_light_diffusers"]))
+    save_file(random_like_shapes(CONTROLNEXT_MODULE_A, seed=32, dtype=torch.float32), str(paths["controlnext"]))
+    deltas = {k: v * 0.05 for k, v in random_like_shapes(sd15_to_out_shapes(), seed=33, dtype=torch.float32).items()}
+    save_file(deltas, str(paths["controlnext_unet"]))
+    marker.write_text(json.dumps({"version": SYSTEMS_VERSION}))
+    return paths
+
+
 def ensure_weights(folder: Path) -> dict[str, Path]:
-    """Create (once; cached by FORMAT_VERSION) the checkpoint and ControlNet files in `folder`."""
+    """Create (once; cached by FORMAT_VERSION) the checkpoint and ControlNet files in `folder`, and the
+    other systems' files (ensure_system_weights)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"checkpoint": folder / CHECKPOINT, "sdxl": folder / SDXL_CONTROLNET}
     paths.update({key: folder / name for key, name in CONTROLNETS.items()})
     marker = folder / "complete.json"
     if marker.exists() and json.loads(marker.read_text()).get("version") == FORMAT_VERSION and \
             all(p.exists() for p in paths.values()):
-        return paths
+        return {**paths, **ensure_system_weights(folder)}
     save_file(random_like_shapes(checkpoint_shapes(), seed=1), str(paths["checkpoint"]))
     control = controlnet_shapes({k: v for k, v in SD15_UNET.items() if k != "out_channels"})
     for seed, key in enumerate(CONTROLNETS, start=10):
@@ -106,4 +181,4 @@ def ensure_weights(folder: Path) -> dict[str, Path]:
     sdxl = random_like_shapes(controlnet_shapes(SDXL_SMALL_CONTROLNET), seed=20)
     save_file({f"control_model.{k}": v for k, v in sdxl.items()}, str(paths["sdxl"]))
     marker.write_text(json.dumps({"version": FORMAT_VERSION}))
-    return paths
+    return {**paths, **ensure_system_weights(folder)}

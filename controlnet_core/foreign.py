@@ -1,0 +1,83 @@
+"""Control files the pack recognises but does not run, by the keys that give them away.
+
+Each detector returns an Identity with `runs_here=False` and advice naming what runs the file. When
+the pack learns to run one of these systems, its detector moves into that system's folder and its
+entry in systems.SYSTEMS gets a loader.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .identity import Identity
+
+Shapes = Mapping[str, tuple[int, ...]]
+HOST_CONTROLNET_NODES = "the host's own 'Load ControlNet Model' and 'Apply ControlNet' nodes"
+
+
+def _has(shapes: Shapes, *keys: str) -> bool:
+    return all(k in shapes for k in keys)
+
+
+def hunyuan_dit(shapes: Shapes, source: str) -> Identity | None:
+    if not any(k.startswith("after_proj_list.") for k in shapes) or "before_proj.weight" not in shapes:
+        return None
+    return Identity("HunyuanDiT ControlNet", "HunyuanDiT", "original", "hunyuandit", runs_here=False,
+                    advice=f"it drives a HunyuanDiT transformer, not an SD UNet: use {HOST_CONTROLNET_NODES}")
+
+
+def control_lora(shapes: Shapes, source: str) -> Identity | None:
+    if "lora_controlnet" not in shapes:
+        return None
+    family = "sd1" if "input_blocks.11.0.in_layers.0.weight" in shapes else "sdxl"
+    ranks = sorted({s[0] for k, s in shapes.items() if k.endswith(".down") and len(s) >= 2})
+    return Identity("Control-LoRA", f"rank {ranks[-1] if ranks else '?'}", "ldm (up/down pairs)", family,
+                    runs_here=False,
+                    advice=f"it is built from the sampled model's own UNet weights: use {HOST_CONTROLNET_NODES}")
+
+
+def union(shapes: Shapes, source: str) -> Identity | None:
+    if "controlnet_cond_embedding.conv_in.weight" not in shapes or not (
+            "control_add_embedding.linear_1.bias" in shapes or "task_embedding" in shapes):
+        return None
+    types = shapes["task_embedding"][0] if "task_embedding" in shapes else None
+    variant = {6: "6 control types", 8: "ProMax, 8 control types"}.get(types, f"{types} control types")
+    return Identity("Union", variant, "diffusers", "sdxl", runs_here=False,
+                    advice="use the host's 'Load ControlNet Model', 'SetUnionControlNetType' and 'Apply ControlNet' "
+                           "nodes (one control type per pass)")
+
+
+def lllite(shapes: Shapes, source: str) -> Identity | None:
+    if not any(k.startswith("lllite_unet") for k in shapes):
+        return None
+    modules = {k.split(".")[0] for k in shapes if k.startswith("lllite_unet")}
+    return Identity("LLLite", f"{len(modules)} attention modules", "kohya", "sdxl", runs_here=False,
+                    advice="it patches the UNet's attention layers: use kohya's ControlNet-LLLite-ComfyUI "
+                           "'LLLiteLoader' node (or ComfyUI-Advanced-ControlNet)")
+
+
+def dit_controlnets(shapes: Shapes, source: str) -> Identity | None:
+    """SD3 / SD3.5, Flux and Qwen-Image ControlNets (transformer bases)."""
+    advice = f"it drives a diffusion transformer, not an SD UNet: use {HOST_CONTROLNET_NODES} (with a VAE)"
+    if "controlnet_blocks.0.linear.weight" in shapes:
+        return Identity("Flux ControlNet", "Mistoline", "original", "flux", runs_here=False, advice=advice)
+    if "controlnet_blocks.0.weight" not in shapes:
+        return None
+    if "double_blocks.0.img_attn.norm.key_norm.scale" in shapes:
+        return Identity("Flux ControlNet", "XLabs", "original", "flux", runs_here=False, advice=advice)
+    if "pos_embed_input.proj.weight" in shapes:
+        stability = "transformer_blocks.0.adaLN_modulation.1.bias" in shapes
+        return Identity("SD3 ControlNet", "SD3.5 (Stability)" if stability else "SD3 (diffusers)",
+                        "original" if stability else "diffusers", "sd3", runs_here=False, advice=advice)
+    if "transformer_blocks.0.img_mlp.net.0.proj.weight" in shapes:
+        return Identity("Qwen-Image ControlNet", "InstantX", "diffusers", "qwen-image", runs_here=False, advice=advice)
+    if "controlnet_x_embedder.weight" in shapes:
+        variant = "InstantX Union" if "controlnet_mode_embedder.weight" in shapes else "InstantX"
+        return Identity("Flux ControlNet", variant, "diffusers", "flux", runs_here=False, advice=advice)
+    return None
+
+
+def stable_cascade(shapes: Shapes, source: str) -> Identity | None:
+    if not ("backbone.0.0.weight" in shapes or "backbone.10.blocks.0.weight" in shapes):
+        return None
+    return Identity("Stable Cascade ControlNet", "Stable Cascade", "original", "stable-cascade", runs_here=False,
+                    advice=f"it drives Stable Cascade's stage C: use {HOST_CONTROLNET_NODES}")

@@ -1,6 +1,0 @@
-"""Checkpoint layouts and the tables that convert them to the original (ldm) key names."""
-from .infer import infer_config
-from .layouts import LayoutInfo, apply_difference, detect_layout, strip_to_control_keys, unet_encoder_from_checkpoint
-
-__all__ = ["LayoutInfo", "apply_difference", "detect_layout", "infer_config", "strip_to_control_keys",
-           "unet_encoder_from_checkpoint"]

@@ -1,3 +1,0 @@
-from .controlnet import ControlNetModel, Residuals
-
-__all__ = ["ControlNetModel", "Residuals"]
