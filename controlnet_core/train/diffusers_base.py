@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
 
 import torch
 
-from ._core import timestep_embedding
+from ._core import STREAM, timestep_embedding
 from .interfaces import ControlSignal, FrozenBase, TextCondition
 from .output import save_safetensors
 from .schedule import NoiseSchedule
@@ -32,6 +33,8 @@ def sdxl_y(pooled: torch.Tensor, time_ids: torch.Tensor) -> torch.Tensor:
 class DiffusersBase(FrozenBase):
     """diffusers' UNet2DConditionModel, frozen."""
 
+    supported_signal_fields = frozenset({"down", "mid", "stream"})
+
     def __init__(self, unet, family: str, schedule: NoiseSchedule, *, ldm_names: Mapping[str, str] | None = None,
                  device: str | torch.device = "cpu") -> None:
         self.unet = unet.to(device).eval().requires_grad_(False)
@@ -53,9 +56,35 @@ class DiffusersBase(FrozenBase):
             down = None if signal.down is None else tuple(signal.down)
             mid = signal.mid
         added = dict(text.unet_kwargs) or None
-        return self.unet(x_t, timesteps, encoder_hidden_states=text.context, added_cond_kwargs=added,
-                         down_block_additional_residuals=down, mid_block_additional_residual=mid,
-                         return_dict=False)[0]
+        with ExitStack() as hooks:
+            for addition in (signal.stream or []) if signal is not None else []:
+                hooks.callback(self._hook_stream(addition.target, addition.value).remove)
+            return self.unet(x_t, timesteps, encoder_hidden_states=text.context, added_cond_kwargs=added,
+                             down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                             return_dict=False)[0]
+
+    def _hook_stream(self, target, function):
+        """Add function(hidden) to the stream after ldm input block `target.block`, where that block
+        ends a diffusers down block (or is conv_in); the skip already stored there is not changed
+        (the sum is a new tensor)."""
+        levels = len(self.unet.down_blocks)
+        per_level = self.unet.config.layers_per_block
+        per_level = per_level if isinstance(per_level, int) else per_level[0]
+        if target.kind == STREAM and target.block == 0:  # after conv_in: what enters down block 0
+            def before(module, args, kwargs):
+                hidden = kwargs["hidden_states"]
+                return args, {**kwargs, "hidden_states": hidden + function(hidden)}
+            return self.unet.down_blocks[0].register_forward_pre_hook(before, with_kwargs=True)
+        # ldm index of each down block's last block: its downsampler, or its last res block (deepest level)
+        ends = {(level + 1) * (per_level + 1) if level < levels - 1 else level * (per_level + 1) + per_level: level
+                for level in range(levels)}
+        if target.kind == STREAM and target.block in ends:
+            def after(module, args, output):
+                hidden, skips = output
+                return hidden + function(hidden), skips
+            return self.unet.down_blocks[ends[target.block]].register_forward_hook(after)
+        raise NotImplementedError(f"{type(self).__name__} cannot add to the UNet stream at {target} "
+                                  f"(supported: after input blocks {sorted({0, *ends})})")
 
     def unet_state_dict(self) -> Mapping[str, torch.Tensor]:
         return self.unet.state_dict()

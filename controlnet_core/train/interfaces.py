@@ -11,11 +11,12 @@ by implementing `FrozenBase`:
 
 - ControlNet (controlnet.py): a trainable copy of the UNet encoder; its signal is `down` residuals
   for the skip connections and a `mid` residual.
-- ControlNeXt (to come): a small module plus a trainable subset of UNet weights, whose feature is
-  added into the UNet stream. Its `attach(base)` unfreezes that subset through
-  `base.named_unet_parameters()` and returns those parameters as its own; its signal adds a field
-  (e.g. `stream`: the feature and its scale) that each FrozenBase's `predict` learns to inject;
-  its `save` writes module + subset. The loop itself needs no change.
+- ControlNeXt (trainable_controlnext.py): a small module plus a trainable subset of UNet weights,
+  whose cross-normalised feature is added into the UNet stream. Its `attach(base)` unfreezes that
+  subset through `base.named_unet_parameters()` and returns those parameters as its own (with their
+  own learning rate: `parameter_groups`); its signal is `stream`: the core's stream additions, which
+  a FrozenBase's `predict` evaluates where the UNet reaches their point; its `save` writes the
+  module and the subset's weight increments.
 
 Bases: DiffusersBase (diffusers' UNet2DConditionModel from a single-file checkpoint; the command
 line) and the ComfyUI host's own UNet (nodes/train_nodes.py).
@@ -50,9 +51,13 @@ class ControlSignal:
     make it raise (see FrozenBase.check_signal), never be ignored.
 
     down: one residual per UNet skip connection, encoder order (ControlNet).
-    mid: residual added after the middle block (ControlNet)."""
+    mid: residual added after the middle block (ControlNet).
+    stream: functions of the hidden state added to the UNet's stream at a point in ldm numbering
+    (ControlNeXt), as the core's `Addition`s with a stream `Target` (the skip stored there is
+    not changed)."""
     down: list[torch.Tensor] | None = None
     mid: torch.Tensor | None = None
+    stream: list | None = None
 
     def fields(self) -> set[str]:
         return {name for name, value in vars(self).items() if value is not None}
@@ -99,7 +104,7 @@ class FrozenBase(ABC):
 class TrainableControl(ABC):
     """A control system being trained: its parameters, its signal, its checkpoint state and its file."""
 
-    kind: str  # "controlnet"
+    kind: str  # "controlnet", "controlnext"
 
     @abstractmethod
     def attach(self, base: FrozenBase) -> None:
@@ -108,6 +113,10 @@ class TrainableControl(ABC):
     @abstractmethod
     def parameters(self) -> list[torch.nn.Parameter]:
         """Everything the optimizer updates (including any UNet weights this control trains)."""
+
+    def parameter_groups(self, learning_rate: float) -> list[dict]:
+        """The optimizer's parameter groups at the run's learning rate (default: one group)."""
+        return [{"params": self.parameters()}]
 
     @abstractmethod
     def signal(self, x_t: torch.Tensor, timesteps: torch.Tensor, text: TextCondition,

@@ -149,7 +149,6 @@ def train(control: TrainableControl, base: FrozenBase, data: EncodedDataset, con
     config.validate()
     device = base.device
     control.attach(base)
-    parameters = control.parameters()
     decoder = base.decoder_parameters() if config.unlock_decoder else []
     precision = resolve_precision(config.mixed_precision, device)
     checkpointing = config.gradient_checkpointing == "on" or (
@@ -158,7 +157,8 @@ def train(control: TrainableControl, base: FrozenBase, data: EncodedDataset, con
         control.enable_gradient_checkpointing()
         base.enable_gradient_checkpointing()
 
-    optimizer = torch.optim.AdamW(parameters + decoder, lr=config.learning_rate, weight_decay=config.weight_decay)
+    groups = control.parameter_groups(config.learning_rate) + ([{"params": decoder}] if decoder else [])
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     generator = torch.Generator().manual_seed(config.seed)
     order = DataOrder(len(data), generator)
