@@ -153,6 +153,33 @@ def test_sdxl_checkpoint_trains_an_sdxl_controlnet(files, tmp_path):
     assert (identity.system, identity.family) == ("ControlNet", "sdxl")
 
 
+def test_controlnext_command_writes_the_module_and_its_unet_weights(files, tmp_path, capsys):
+    from controlnet_core.train.trainable_controlnext import unet_weights_path
+
+    output = tmp_path / "controlnext.safetensors"
+    argv = args_for(files, output, "--system", "controlnext", "--steps", "2", "--learning-rate", "1e-4",
+                    "--controlnext-scale", "0.5")
+    assert main(argv) == 0, capsys.readouterr().err
+    companion = unet_weights_path(output)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == sorted([output.name, companion.name])
+    with safe_open(str(output), "pt") as handle:
+        record = json.loads(handle.metadata()[cli.METADATA_KEY])
+    assert record["system"] == "controlnext" and record["controlnext_scale"] == 0.5 and record["steps"] == 2
+    loaded = controlnet_core.load_controlnext(output, unet_weights=companion)
+    assert loaded.config.variant == "sd15"
+    to_out = [k for k in files["models"]["sd1"]["unet"].state_dict() if "to_out" in k]
+    patches = loaded.unet_weight_patches()
+    assert len(patches) == len(to_out) and {how for how, _ in patches.values()} == {"diff"}
+    assert any(delta.abs().max() > 0 for _, delta in patches.values()), "the UNet subset did not train"
+
+    refused = tmp_path / "refused"
+    refused.mkdir()
+    bad = args_for(files, refused / "x.safetensors", "--system", "controlnext", "--unlock-decoder", "--steps", "1")
+    assert main(bad) == 1
+    assert "--unlock-decoder is a ControlNet option" in capsys.readouterr().err
+    assert list(refused.iterdir()) == []
+
+
 def test_unlocked_decoder_trains_the_unet_decoder_and_saves_the_unet(files, tmp_path):
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint

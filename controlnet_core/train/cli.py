@@ -8,6 +8,10 @@ Everything the run needs is checked first (output folder writable, dataset paire
 base checkpoint of a supported family, tokenizer files present); only then are the models loaded.
 The encodings cache and the checkpoints go to a work folder beside the output
 (`<output>.training/`), so `--resume` continues an interrupted run exactly where it stopped.
+
+`--system controlnext` trains a ControlNeXt module and the base UNet's `to_out` weights instead, as
+the released ControlNeXt scripts do (the module at 10× --learning-rate); it writes the module to
+--output and the UNet weights' increments beside it (`<output stem>.unet_weight_increments.safetensors`).
 """
 from __future__ import annotations
 
@@ -28,7 +32,9 @@ from .output import OutputError, check_output_path
 from .schedule import PREDICTION_TYPES, NoiseSchedule
 from .sd_checkpoint import (find_tokenizer, guess_prediction_type, inspect_base_checkpoint, load_tokenizers,
                             require_train_dependencies)
+from .trainable_controlnext import DEFAULT_SCALE, VARIANT_OF_FAMILY, unet_weights_path
 
+SYSTEMS = ("controlnet", "controlnext")
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 CACHE_FILE = "encoded.safetensors"
 METADATA_KEY = "controlnet_pack.training"
@@ -48,6 +54,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--resolution", type=int, default=512, help="square training size in pixels (default 512)")
     parser.add_argument("--prompt-dropout", type=float, default=0.5, help="share of captions replaced by the empty prompt")
+    parser.add_argument("--system", choices=SYSTEMS, default="controlnet",
+                        help="controlnet (the paper) or controlnext (module + the UNet's to_out weights, as released)")
+    parser.add_argument("--controlnext-scale", type=float, default=DEFAULT_SCALE,
+                        help="ControlNeXt: the fixed scale of its feature while training (released default 1.0; "
+                             "apply the trained module at this strength)")
     parser.add_argument("--unlock-decoder", action="store_true",
                         help="also train the UNet decoder (the paper's sd_locked=False); writes <output>.unet.safetensors too")
     parser.add_argument("--prediction-type", choices=("auto",) + PREDICTION_TYPES, default="auto",
@@ -118,6 +129,14 @@ def run(args: argparse.Namespace, *, overrides: dict | None = None) -> int:
     unet_output = output.with_name(output.stem + ".unet.safetensors")
     if args.unlock_decoder:
         check_output_path(unet_output, overwrite=args.overwrite)
+    if args.system == "controlnext":
+        if args.unlock_decoder:
+            raise ControlNetError("--unlock-decoder is a ControlNet option; ControlNeXt trains its own UNet subset "
+                                  "(the to_out weights)")
+        if info.family not in VARIANT_OF_FAMILY:
+            raise ControlNetError(f"--system controlnext: the released ControlNeXt training covers SD1.5 and SDXL "
+                                  f"bases; {info.path.name} is {info.family}")
+        check_output_path(unet_weights_path(output), overwrite=args.overwrite)
     require_train_dependencies()
     tokenizers = load_tokenizers(info, tokenizer)
     device = _resolve_device(args.device)
@@ -125,6 +144,7 @@ def run(args: argparse.Namespace, *, overrides: dict | None = None) -> int:
     from .diffusers_base import DiffusersBase, DiffusersEncoder
     from .sd_checkpoint import load_base_checkpoint
     from .trainable_controlnet import TrainableControlNet
+    from .trainable_controlnext import TrainableControlNeXt
 
     started = time.time()
     print(f"base: {info.path.name} ({info.family}), {len(examples)} examples, device {device}", file=sys.stderr)
@@ -151,7 +171,10 @@ def run(args: argparse.Namespace, *, overrides: dict | None = None) -> int:
 
     base = DiffusersBase(components.unet, info.family, NoiseSchedule.stable_diffusion(prediction),
                          ldm_names=components.ldm_names, device=device)
-    control = TrainableControlNet.from_base(base, overrides=overrides, seed=config.seed)
+    if args.system == "controlnext":
+        control = TrainableControlNeXt.from_base(base, scale=args.controlnext_scale, seed=config.seed)
+    else:
+        control = TrainableControlNet.from_base(base, overrides=overrides, seed=config.seed)
     if args.unlock_decoder:
         base.check_can_save_unet()  # the decoder trains: the UNet stays in full precision
     else:
@@ -164,11 +187,13 @@ def run(args: argparse.Namespace, *, overrides: dict | None = None) -> int:
                        progress=update)
     finally:
         close()
-    record = {"base": info.path.name, "family": info.family, "prediction_type": prediction,
+    record = {"system": args.system, "base": info.path.name, "family": info.family, "prediction_type": prediction,
               "steps": result.steps, "learning_rate": config.learning_rate, "batch_size": config.batch_size,
               "resolution": args.resolution, "prompt_dropout": config.prompt_dropout,
               "unlock_decoder": config.unlock_decoder, "seed": config.seed, "examples": len(examples),
               "final_loss": result.losses[-1] if result.losses else None}
+    if args.system == "controlnext":
+        record["controlnext_scale"] = args.controlnext_scale
     save_dtype = SAVE_DTYPES[args.save_dtype]
     control.save(output, save_dtype, {"format": "pt", METADATA_KEY: json.dumps(record)})
     if args.unlock_decoder:
@@ -176,5 +201,7 @@ def run(args: argparse.Namespace, *, overrides: dict | None = None) -> int:
     tail = result.losses[-min(50, len(result.losses)):]
     print(f"wrote {output} after {result.steps} steps in {time.time() - started:.0f} s; mean loss of the last "
           f"{len(tail)} steps {sum(tail) / max(1, len(tail)):.4f}" + (f"; UNet with the trained decoder: {unet_output}"
-                                                                       if args.unlock_decoder else ""), file=sys.stderr)
+                                                                       if args.unlock_decoder else "")
+          + (f"; its UNet weights: {unet_weights_path(output)} (apply at strength {args.controlnext_scale:g})"
+             if args.system == "controlnext" else ""), file=sys.stderr)
     return 0
