@@ -2,7 +2,9 @@
 
 - Only the control trains; the base UNet is frozen (`unlock_decoder` also trains the UNet decoder:
   the paper's `sd_locked=False`).
-- The ControlNet starts from the base UNet's encoder with zero convs (see TrainableControlNet).
+- The ControlNet starts from the base UNet's encoder with zero convs (see TrainableControlNet); a
+  ControlNeXt trains its module and a UNet subset in optimizer groups of their own
+  (TrainableControlNeXt.parameter_groups).
 - Prompt dropout: each caption is replaced by the empty prompt with probability 0.5, so the
   ControlNet learns to read the control map without the text.
 - Noise-prediction loss with the base model's own schedule and prediction type (ε or v):
