@@ -28,6 +28,10 @@ Architecture: SD1.5 ControlNet (320 channels, mult 1,2,4,4, 2 res blocks per lev
     controlnet_core`, against the file size. The files were just written, so they are read from the
     page cache (warm); pages mapped from the file count in RSS too.
 
+The table also gives the forward's achieved FLOP rate (FLOPs by torch's FLOP counter over the
+median forward time) as a fraction of the machine's GEMM rate on the same threads (a 2048x2048
+SGEMM, median of 5): the distance to what the machine can do at all.
+
 Targets: forward <= 1.0x diffusers; cached per-step <= 0.97x uncached; load peak RSS <= 1.3x file size.
 Threads: torch.set_num_threads(--threads) is called explicitly, default 1. The dev box has 2 cores
 shared with other jobs; with 2 intra-op threads OpenMP threads spun against the other load and one
@@ -160,6 +164,32 @@ def bench_forward(reference, ours, inputs, runs: int) -> dict:
             memory["ours"].append(peak_extra_memory_mib(run_ours))
             memory["diffusers"].append(peak_extra_memory_mib(run_reference))
     return {"times": times, "cpu_times": cpu_times, "memory": memory, "max_abs_error": error, "residual_scale": scale}
+
+
+def forward_flops(ours, inputs) -> int:
+    """FLOPs of one forward by torch's FLOP counter (convolutions, matmuls, attention; 2 per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, hint, timesteps, context = inputs
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        ours(x, hint, timesteps, context)
+    return counter.get_total_flops()
+
+
+def gemm_rate(size: int = 2048, runs: int = 5) -> dict:
+    """The machine's fp32 GEMM rate on the threads this process uses: a size x size SGEMM (2 n^3
+    FLOP), median of `runs`, CPU time and wall time."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm-up
+    cpu, wall = [], []
+    for _ in range(runs):
+        started, started_cpu = time.perf_counter(), time.process_time()
+        torch.mm(a, b)
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
+    flops = 2 * size ** 3
+    return {"size": size, "gflops_cpu": flops / statistics.median(cpu) / 1e9,
+            "gflops_wall": flops / statistics.median(wall) / 1e9}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +342,8 @@ def main() -> None:
     inputs = make_inputs(args.batch, args.hint_size // 8)
 
     forward = bench_forward(reference, ours, inputs, args.runs)
+    forward["flops"] = forward_flops(ours, inputs)
+    forward["gemm"] = gemm_rate()
     steps = bench_steps(ours, inputs, args.steps, args.reps)
     loads = [] if args.skip_load else bench_load(reference, args.out, args.threads, args.keep_files)
     med = statistics.median
@@ -328,6 +360,12 @@ def main() -> None:
         best = min(mine) / min(theirs)
         print(f"| (a) forward {label}, best of {args.runs} [s] | {min(mine):.3f} | {min(theirs):.3f} (diffusers) | "
               f"{best:.3f} | <= {TARGETS['forward']} | {_verdict(best, TARGETS['forward'])} |")
+    gemm, flops = forward["gemm"], forward["flops"]
+    for label, key, rate in (("CPU time", "cpu_times", "gflops_cpu"), ("wall time", "times", "gflops_wall")):
+        achieved = flops / med(forward[key]["ours"]) / 1e9
+        print(f"| (a) forward achieved rate ({label}): {flops / 1e9:.1f} GFLOP (torch FLOP counter) | "
+              f"{achieved:.1f} GFLOP/s | {gemm[rate]:.1f} GFLOP/s ({gemm['size']}² SGEMM, {torch.get_num_threads()} "
+              f"thread{'s' if torch.get_num_threads() > 1 else ''}) | {achieved / gemm[rate]:.2f} of the GEMM rate | - | - |")
     m_ours, m_ref = med(forward["memory"]["ours"]), med(forward["memory"]["diffusers"])
     print(f"| (a) forward peak extra RSS, median of 2 [MiB] | {m_ours:.0f} | {m_ref:.0f} (diffusers) | "
           f"{m_ours / m_ref:.3f} | - | - |")

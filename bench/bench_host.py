@@ -21,6 +21,23 @@ finer measures come with it:
 The report gives these ratios, the median overheads, the peak extra resident memory of each
 variant (sampled RSS above the level before the run) and the relative max difference of the final
 latents ours vs host (parity must hold while we are faster).
+
+Cost curves (--curves, instead of the KSampler runs): ControlNet overhead per step as a function of
+the number of controls, the resolution and the batch, ours (chained ApplyControlNet nodes, which run
+as one stack) against the host's chained ControlNetApplyAdvanced, in the same process. One step's
+control work is one get_control call of the outermost control on sampler-shaped inputs (batch B
+latents → 2B rows, cond + uncond, sigma at 30 % of the schedule); the UNet's own time does not
+depend on the controls, so this is the overhead per step (the KSampler runs above show the two agree).
+Controls alternate the pose and depth files, each with its own image. Per point: CPU time and wall
+time of --curve-calls calls per side (host and ours alternate; ours' per-run hint embeddings are done
+before, as the first step of a run does them once; the host's first-call hint resize, milliseconds,
+is inside), and the peak extra resident memory during a call. For each resolution and batch a
+least-squares line through the points gives the cost per added control (slope) and how far any
+point lies from it; the slope of ours is compared with the host's. Intra-op threads: --threads
+(default 1: CPU time is then the compute and hardly moves with the load of a shared box).
+The default grid keeps the run near 15 minutes of CPU time: every control count at 256² (batch 1
+and 4) and 512² (batch 1), 1 and 2 controls at 768², 1 control at 512² and 768² batch 4;
+--full-grid runs every combination (about an hour on one thread).
 """
 from __future__ import annotations
 
@@ -114,20 +131,150 @@ def interleaved_get_control(model, variants: dict, latent: int, calls: int) -> d
             "median_ratio": statistics.median(ratios), "calls": calls, "residual_relative_max_difference": worst}
 
 
+DEFAULT_GRID = {(256, 1): (1, 2, 3, 5), (256, 4): (1, 2, 3, 5), (512, 1): (1, 2, 3, 5),
+                (768, 1): (1, 2), (512, 4): (1,), (768, 4): (1,)}
+FULL_GRID = {(size, batch): (1, 2, 3, 5) for size in (256, 512, 768) for batch in (1, 4)}
+
+
+def parse_grid(text: str) -> dict:
+    """'256x1:1,2,3;512x4:1' -> {(256, 1): (1, 2, 3), (512, 4): (1,)}."""
+    grid = {}
+    for part in text.split(";"):
+        point, counts = part.split(":")
+        size, batch = point.split("x")
+        grid[(int(size), int(batch))] = tuple(int(c) for c in counts.split(","))
+    return grid
+
+
+def linear_fit(points: list[tuple[int, float]]) -> dict:
+    """Least-squares line through (controls, seconds): slope, intercept, largest relative deviation."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else float("nan")
+    intercept = mean_y - slope * mean_x
+    deviation = max(abs(y - (intercept + slope * x)) / y for x, y in points) if spread else 0.0
+    return {"slope_s": slope, "intercept_s": intercept, "max_relative_deviation": deviation}
+
+
+def cost_curves(args, host_nodes, ours, positive, negative, nets: dict, sampling, base) -> dict:
+    """Overhead per step vs controls, resolution and batch, host chain vs ours (see the docstring)."""
+    import torch
+
+    grid = parse_grid(args.grid) if args.grid else FULL_GRID if args.full_grid else DEFAULT_GRID
+    apply_host = host_nodes.ControlNetApplyAdvanced().apply_controlnet
+    apply_ours = ours.ApplyControlNet().apply
+    sigma = float(sampling.percent_to_sigma(0.3))
+    points = []
+    for (size, batch), counts in grid.items():
+        for count in counts:
+            generator = torch.Generator().manual_seed(size + count)
+            images = [torch.rand(1, size, size, 3, generator=generator) for _ in range(count)]
+            host_conds, our_conds = (positive, negative), (positive, negative)
+            for index, image in enumerate(images):
+                kind = ("pose", "depth")[index % 2]
+                host_conds = apply_host(*host_conds, nets["host_" + kind], image, 1.0, 0.0, 1.0)[:2]
+                our_conds = apply_ours(*our_conds, nets["ours_" + kind], image, 1.0, 0.0, 1.0)
+            controls = {"host": host_conds[0][0][1]["control"], "ours": our_conds[0][0][1]["control"]}
+            rows = 2 * batch
+            x = torch.randn(rows, 4, size // 8, size // 8, generator=generator)
+            context = torch.cat([positive[0][0].repeat(batch, 1, 1), negative[0][0].repeat(batch, 1, 1)])
+            t = torch.full((rows,), sigma)
+            call_args = (x, t, {"c_crossattn": context}, 2, {"cond_or_uncond": [0, 1]})
+            record = {"size": size, "batch": batch, "controls": count}
+            timings = {name: {"cpu": [], "wall": [], "peak_mib": []} for name in controls}
+            try:
+                for control in controls.values():
+                    control.pre_run(base, lambda percent: sampling.percent_to_sigma(percent))
+                with torch.inference_mode():
+                    for entry in controls["ours"]._stack.entries:  # the run's one hint embedding per entry
+                        entry.prepared(size // 8, size // 8, x.device)
+                    for call in range(args.curve_calls):
+                        for name in (("host", "ours") if call % 2 == 0 else ("ours", "host")):
+                            with PeakRss() as peak:
+                                started, started_cpu = time.perf_counter(), time.process_time()
+                                out = controls[name].get_control(*call_args)
+                                timings[name]["cpu"].append(time.process_time() - started_cpu)
+                                timings[name]["wall"].append(time.perf_counter() - started)
+                            timings[name]["peak_mib"].append(peak.extra_mib)
+                            assert out is not None and out.get("output"), f"{name} added nothing"
+                            del out
+            finally:
+                for control in controls.values():
+                    control.cleanup()
+            for name, values in timings.items():
+                record[name] = {"cpu_s": statistics.median(values["cpu"]), "wall_s": statistics.median(values["wall"]),
+                                "peak_extra_rss_mib": max(values["peak_mib"])}
+            points.append(record)
+            if args.out is not None:  # kept up to date, so a run cut short still leaves its points
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps({"points": points, "threads": torch.get_num_threads()}, indent=1))
+            print(f"{size}² batch {batch}, {count} control(s): host {record['host']['cpu_s']:.2f} s, "
+                  f"ours {record['ours']['cpu_s']:.2f} s CPU; peak +{record['host']['peak_extra_rss_mib']:.0f} / "
+                  f"+{record['ours']['peak_extra_rss_mib']:.0f} MiB", flush=True)
+    fits = []
+    for (size, batch), counts in grid.items():
+        series = [p for p in points if p["size"] == size and p["batch"] == batch]
+        if len(series) < 2:
+            continue
+        fit = {"size": size, "batch": batch, "controls": [p["controls"] for p in series]}
+        for name in ("host", "ours"):
+            fit[name] = linear_fit([(p["controls"], p[name]["cpu_s"]) for p in series])
+        fit["slope_ratio_ours_over_host"] = fit["ours"]["slope_s"] / fit["host"]["slope_s"]
+        fits.append(fit)
+    return {"threads": torch.get_num_threads(), "calls_per_point": args.curve_calls, "sigma": sigma,
+            "points": points, "fits": fits}
+
+
+def print_curves(curves: dict) -> None:
+    print("\n| resolution | batch | controls | host CPU s/step | ours CPU s/step | ours / host | host wall | ours wall "
+          "| host peak extra MiB | ours peak extra MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for p in curves["points"]:
+        print(f"| {p['size']}² | {p['batch']} | {p['controls']} | {p['host']['cpu_s']:.2f} | {p['ours']['cpu_s']:.2f} | "
+              f"{p['ours']['cpu_s'] / p['host']['cpu_s']:.2f} | {p['host']['wall_s']:.2f} | {p['ours']['wall_s']:.2f} | "
+              f"{p['host']['peak_extra_rss_mib']:.0f} | {p['ours']['peak_extra_rss_mib']:.0f} |")
+    print("\n| resolution | batch | controls | host s per control | ours s per control | slope ours / host | "
+          "largest deviation from a line, host / ours | linear, slope below host's |")
+    print("|---|---|---|---|---|---|---|---|")
+    for f in curves["fits"]:
+        linear = f["ours"]["max_relative_deviation"] <= 0.1
+        below = f["slope_ratio_ours_over_host"] < 1.0
+        verdict = "yes" if linear and below else ("NOT LINEAR" if not linear else "") + \
+            (" SLOPE NOT BELOW" if not below else "")
+        print(f"| {f['size']}² | {f['batch']} | {','.join(map(str, f['controls']))} | {f['host']['slope_s']:.2f} | "
+              f"{f['ours']['slope_s']:.2f} | {f['slope_ratio_ours_over_host']:.2f} | "
+              f"{f['host']['max_relative_deviation']:.1%} / {f['ours']['max_relative_deviation']:.1%} | "
+              f"{verdict.strip()} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", type=int, default=256, help="image size in pixels (latent = size / 8)")
     parser.add_argument("--calls", type=int, default=8, help="interleaved get_control calls per variant")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "bench_host.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON report (default bench/out/bench_host.json, or bench_host_curves.json)")
+    parser.add_argument("--curves", action="store_true", help="cost curves instead of the KSampler runs")
+    parser.add_argument("--full-grid", action="store_true", help="curves: every controls × resolution × batch")
+    parser.add_argument("--grid", help="curves: points to run, e.g. '256x1:1,2,3,5;768x4:1' (size x batch: controls)")
+    parser.add_argument("--curve-calls", type=int, default=1, help="curves: timed calls per side and point")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (curves: default 1)")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = REPO_ROOT / "bench" / "out" / ("bench_host_curves.json" if args.curves else "bench_host.json")
 
     comfy_path = host_env.comfyui_path()
     if comfy_path is None:
         sys.exit("set COMFYUI_PATH to a ComfyUI tree and run with the host's venv python")
     host_env.import_comfy(comfy_path)
     import torch
+
+    threads = args.threads if args.threads is not None else (1 if args.curves else None)
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     import comfy.model_management
     import folder_paths
@@ -162,6 +309,18 @@ def main() -> None:
              "enabled_3": False, "strength_3": 1.0, "start_percent_3": 0.0, "end_percent_3": 1.0,
              "control_mode_3": "balanced"}
     our_conds = ours.MultiControlStack().apply(positive, negative, None, **slots)[:2]
+
+    if args.curves:
+        nets = {"host_pose": host_pose, "host_depth": host_depth, "ours_pose": our_pose, "ours_depth": our_depth}
+        curves = cost_curves(args, host_nodes, ours, positive, negative, nets, model.model.model_sampling, model.model)
+        curves["device"] = str(comfy.model_management.get_torch_device())
+        curves["host_version"] = getattr(__import__("comfyui_version"), "__version__", "?") \
+            if (comfy_path / "comfyui_version.py").exists() else "?"
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(curves, indent=1))
+        print_curves(curves)
+        print(f"written to {os.path.relpath(args.out)}")
+        return
 
     variants = {"plain": (positive, negative), "host": host_conds, "ours": our_conds}
     control_seconds = {"host": [0.0], "ours": [0.0]}

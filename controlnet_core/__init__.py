@@ -1,5 +1,5 @@
 """controlnet_core: a pure-PyTorch engine for the control systems of ldm-style UNets (SD1.x, SD2.x, SDXL):
-ControlNet, T2I-Adapter and ControlNeXt in one stack.
+ControlNet, T2I-Adapter, ControlNeXt and Union ControlNets in one stack.
 
 Never imports ComfyUI. See load_control / identify (systems.py), the protocol every loaded control
 implements (protocol.py) and ControlStack (stack.py).
@@ -14,11 +14,12 @@ from .protocol import Contribution, ControlModel, Target, UNetLayout
 from .stack import ControlEntry, ControlStack
 from .systems import SYSTEMS, identify, load_control
 from .t2i_adapter import T2IAdapterModel, load_t2i_adapter
+from .union import UnionControl, load_union
 
 __all__ = [
     "CONTROL_MODES", "CheckpointError", "Contribution", "ControlEntry", "ControlModel", "ControlNeXtModel",
     "ControlNetConfig", "ControlNetError", "ControlNetModel", "ControlStack", "Identity", "InputError",
     "MODE_BALANCED", "MODE_CONTROLNET", "MODE_PROMPT", "Residuals", "SYSTEMS", "T2IAdapterModel", "Target",
     "UNetLayout", "from_unet", "identify", "load_control", "load_controlnet", "load_controlnext", "load_t2i_adapter",
-    "prepare_hint", "prepare_mask",
+    "prepare_hint", "prepare_mask", "UnionControl", "load_union",
 ]

@@ -35,17 +35,6 @@ def control_lora(shapes: Shapes, source: str) -> Identity | None:
                     advice=f"it is built from the sampled model's own UNet weights: use {HOST_CONTROLNET_NODES}")
 
 
-def union(shapes: Shapes, source: str) -> Identity | None:
-    if "controlnet_cond_embedding.conv_in.weight" not in shapes or not (
-            "control_add_embedding.linear_1.bias" in shapes or "task_embedding" in shapes):
-        return None
-    types = shapes["task_embedding"][0] if "task_embedding" in shapes else None
-    variant = {6: "6 control types", 8: "ProMax, 8 control types"}.get(types, f"{types} control types")
-    return Identity("Union", variant, "diffusers", "sdxl", runs_here=False,
-                    advice="use the host's 'Load ControlNet Model', 'SetUnionControlNetType' and 'Apply ControlNet' "
-                           "nodes (one control type per pass)")
-
-
 def lllite(shapes: Shapes, source: str) -> Identity | None:
     if not any(k.startswith("lllite_unet") for k in shapes):
         return None

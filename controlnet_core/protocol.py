@@ -10,7 +10,9 @@ subclasses `ControlModel`. The stack (stack.py) and the nodes know nothing else 
 - `additions(call, prepared, frames)`: what it adds to this UNet call, as `Addition`s, each tagged
   with one of its `slots` (the unit that per-slot weights and control modes scale);
 - `unet_weight_patches()`: UNet weights it shifts or replaces while it is applied (ControlNeXt);
-- `check_fits(layout)`: refuse a base UNet it was not made for, naming both.
+- `check_fits(layout)`: refuse a base UNet it was not made for, naming both;
+- `fusion_key()` / `fused_additions(call, members)` (optional): entries whose models give the same
+  key run in one forward of the model they share (several Union control types in one pass).
 
 Where an addition goes (`Target`) uses the ldm UNet's numbering (input blocks 0…N-1, then the
 middle block, then the output blocks, which read the skips back deepest first):
@@ -28,7 +30,7 @@ A tensor addition has the batch of the rows being controlled; a stream addition 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -191,6 +193,22 @@ def family_name(family: str | None) -> str:
     return FAMILY_NAMES.get(family, family or "unknown")
 
 
+@dataclass
+class FusedMember:
+    """One entry of a fusion group (see ControlModel.fused_additions), for the controlled rows.
+
+    model: the entry's own model (it carries per-entry settings such as a Union control type);
+    prepared / frames: as for `additions`; strength: the entry's strength; mask: `mask(height,
+    width)` gives the entry's mask for the controlled rows at that resolution (rows×1×height×width),
+    or mask is None when the entry has none."""
+
+    model: "ControlModel"
+    prepared: Any
+    frames: torch.Tensor
+    strength: float
+    mask: Callable[[int, int], torch.Tensor] | None = None
+
+
 # A weight patch on the base UNet: ("diff", delta) adds, ("set", value) replaces. Keys are ldm names
 # without the `diffusion_model.` prefix.
 WeightPatch = tuple[str, torch.Tensor]
@@ -203,6 +221,10 @@ class ControlModel(nn.Module):
     system: ClassVar[str] = "control"      # common name: "ControlNet", "T2I-Adapter", "ControlNeXt"
     # Control modes: per-slot soft weights ("prompt is more important"), None where the system has none.
     soft_weights: tuple[float, ...] | None = None
+    # The UNetCall fields `additions` reads per row ("x", "timesteps", "context", "y"), the control
+    # image frame aside, when it computes each row on its own: rows that agree on these get identical
+    # additions, so the stack computes them once (fast.py). None: no such promise, every row is computed.
+    row_inputs: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -257,6 +279,17 @@ class ControlModel(nn.Module):
         """What this control adds to one UNet call, at strength 1. `frames[r]` is the control-image
         frame that pairs with row r of `call` (index into the batch of `prepared`)."""
         raise NotImplementedError
+
+    def fusion_key(self) -> Hashable | None:
+        """Entries whose models give the same key (not None) run together in one forward, through
+        `fused_additions`. None (the default): every entry runs on its own."""
+        return None
+
+    def fused_additions(self, call: UNetCall, members: Sequence[FusedMember]) -> list[Addition]:
+        """What a group of entries sharing a fusion key adds in one forward. Each member's strength
+        and mask act inside, on its own part; the stack applies the slot weights and row scales the
+        group shares, and the members' combined mask, to the result."""
+        raise NotImplementedError(f"{self.system} has no fused forward")
 
     def unet_weight_patches(self) -> dict[str, WeightPatch]:
         """UNet weights shifted or replaced while this control is applied (none by default)."""

@@ -10,6 +10,10 @@ where the mask is area-resized to the addition's resolution and the row scale is
 rows and `uncond_strength` (0 in "ControlNet is more important") on unconditional ones. Rows whose
 scale is 0 are not computed at all.
 
+Entries whose models share a fusion key (protocol.py: e.g. several control types of one Union
+file) run as one group in one forward of that model; each entry's strength and mask then act inside
+the model on its own part, and the group's shared slot weights and row scale on the result.
+
 Batches, one rule for every system, control images and masks alike (the host's own rule, see
 `pair_frames`): the latent batch holds one chunk per entry of `chunk_kinds` (the host batches cond
 and uncond together; 0 = cond, 1 = uncond), each of `per_chunk` latents, and latent j of every
@@ -27,9 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .fast import ReusePolicy, deduplicated_additions, reused_additions
 from .hint import INTERPOLATIONS, RESIZE_MODES, as_image_batch, as_mask_batch, prepare_hint, prepare_mask
 from .modes import MODE_BALANCED, mode_settings
-from .protocol import Addition, Contribution, ControlModel, HintSpec, UNetCall, UNetLayout, take_frames
+from .protocol import (Addition, Contribution, ControlModel, FusedMember, HintSpec, UNetCall, UNetLayout,
+                       take_frames)
 
 MAX_STRENGTH = 10.0
 
@@ -80,8 +86,10 @@ class ControlEntry:
     interpolation: str = "nearest-exact"
     uncond_strength: float = 1.0              # multiplier on uncond rows, on top of the mode's
     enabled: bool = True
+    reuse: ReusePolicy | None = None          # fast mode (fast.py, not exact): reuse additions across steps
     _prepared_cache: dict = field(default_factory=dict, init=False, repr=False)
     _mask_cache: dict = field(default_factory=dict, init=False, repr=False)
+    _reuse_states: list = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.strength = check_strength(self.strength)
@@ -151,6 +159,7 @@ class ControlEntry:
     def clear_cache(self) -> None:
         self._prepared_cache = {}
         self._mask_cache = {}
+        self._reuse_states = []
 
 
 def _version_of(tensor: torch.Tensor) -> int:
@@ -200,8 +209,11 @@ class ControlStack:
         per_chunk = batch // chunks
         timesteps = timesteps.reshape(-1).expand(batch) if timesteps.numel() == 1 else timesteps.reshape(-1)
         total = Contribution()
-        for entry in entries:
-            _EntryCall(entry, x, timesteps, context, y, chunk_kinds, per_chunk, layout).add_to(total)
+        for group in fusion_groups(entries):
+            if len(group) == 1:
+                _EntryCall(group[0], x, timesteps, context, y, chunk_kinds, per_chunk, layout).add_to(total)
+            else:
+                _FusedCall(group, x, timesteps, context, y, chunk_kinds, per_chunk, layout).add_to(total)
         return None if total.is_empty() else total
 
     def residuals(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
@@ -236,16 +248,26 @@ class _EntryCall:
         self.subset = self.rows.numel() < self.batch  # only the rows that receive control are computed
         self.row_scale = None if bool((row_scale == 1).all()) else row_scale[self.rows]
 
+    def _call(self) -> UNetCall:
+        """The UNet call restricted to the controlled rows."""
+        rows = self.rows
+        pick = (lambda t: t) if not self.subset else \
+            (lambda t: t if t is None or t.shape[0] == 1 else t.index_select(0, rows))  # noqa: E731
+        return UNetCall(pick(self.x), pick(self.timesteps), pick(self.context), pick(self.y), self.layout)
+
     def add_to(self, total: Contribution) -> None:
-        if self.rows.numel() == 0:
-            return
+        if self.rows.numel() == 0 or not any(self.entry.slot_weights):
+            return  # nothing it adds would reach the UNet: nothing computed
         entry, rows = self.entry, self.rows
         model = entry.model
         prepared = entry.prepared(*self.latent_size, self.x.device)
-        pick = (lambda t: t) if not self.subset else \
-            (lambda t: t if t is None or t.shape[0] == 1 else t.index_select(0, rows))  # noqa: E731
-        call = UNetCall(pick(self.x), pick(self.timesteps), pick(self.context), pick(self.y), self.layout)
-        for addition in model.additions(call, prepared, self.frames[rows.cpu()]):
+        call = self._call()
+        frames = self.frames[rows.cpu()]
+        if entry.reuse is None or entry.reuse.exact:
+            additions = deduplicated_additions(model, call, prepared, frames)
+        else:
+            additions = reused_additions(entry.reuse, entry._reuse_states, model, call, prepared, frames)
+        for addition in additions:
             scale = entry.strength * entry.slot_weights[addition.slot]
             if callable(addition.value):
                 total.add(addition.target, self._stream_function(addition, scale))
@@ -265,12 +287,72 @@ class _EntryCall:
         out = value.to(self.x.dtype) * scale
         if self.row_scale is not None:
             out = out * self.row_scale.view(-1, *([1] * (out.ndim - 1)))
-        if self.entry.mask is not None:
-            mask = self.entry.mask_at(*self.latent_size, *out.shape[-2:])
-            mask = take_frames(mask, self.mask_frames[self.rows.cpu()]).to(device=out.device, dtype=out.dtype)
-            out = out * mask
+        mask = self.mask_rows(*out.shape[-2:])
+        if mask is not None:
+            out = out * mask.to(device=out.device, dtype=out.dtype)
         if self.subset:
             full = out.new_zeros((self.batch, *out.shape[1:]))
             full[self.rows] = out
             out = full
         return out
+
+    def mask_rows(self, height: int, width: int) -> torch.Tensor | None:
+        """The entry's mask for the controlled rows at this resolution (rows×1×height×width), or None."""
+        if self.entry.mask is None:
+            return None
+        mask = self.entry.mask_at(*self.latent_size, height, width)
+        return take_frames(mask, self.mask_frames[self.rows.cpu()])
+
+
+def fusion_groups(entries: Sequence[ControlEntry]) -> list[list[ControlEntry]]:
+    """The entries in stack order, those that run in one forward gathered into one group (at the
+    place of the first): same `fusion_key` of their models (e.g. one Union network), and the same
+    per-slot weights and uncond scale, which then act on the shared result. Others are alone."""
+    groups: list[list[ControlEntry]] = []
+    by_key: dict[Any, list[ControlEntry]] = {}
+    for entry in entries:
+        key = entry.model.fusion_key()
+        if key is None:
+            groups.append([entry])
+            continue
+        key = (key, entry.slot_weights, entry.uncond_scale)
+        if key not in by_key:
+            by_key[key] = []
+            groups.append(by_key[key])
+        by_key[key].append(entry)
+    return groups
+
+
+class _FusedCall(_EntryCall):
+    """A fusion group's additions to one UNet call: one forward of the shared model
+    (`fused_additions`). Each entry's strength and mask act inside, on its own part; the group's
+    slot weights and row scale act on the result, and so does the pointwise maximum of the entries'
+    masks (no mask when any entry has none: that entry controls everywhere)."""
+
+    def __init__(self, entries: Sequence[ControlEntry], *args) -> None:
+        super().__init__(entries[0], *args)
+        self.members = [_EntryCall(entry, *args) for entry in entries]  # rows agree: same uncond scale
+
+    def add_to(self, total: Contribution) -> None:
+        if self.rows.numel() == 0:
+            return
+        rows = self.rows.cpu()
+        members = [FusedMember(part.entry.model, part.entry.prepared(*self.latent_size, self.x.device),
+                               part.frames[rows], part.entry.strength,
+                               None if part.entry.mask is None else part.mask_rows)
+                   for part in self.members]
+        for addition in self.entry.model.fused_additions(self._call(), members):
+            scale = self.entry.slot_weights[addition.slot]
+            if callable(addition.value):
+                total.add(addition.target, self._stream_function(addition, scale))
+            else:
+                total.add(addition.target, self._finish(addition.value, scale))
+
+    def mask_rows(self, height: int, width: int) -> torch.Tensor | None:
+        masks = [part.mask_rows(height, width) for part in self.members]
+        if any(mask is None for mask in masks):
+            return None
+        combined = masks[0]
+        for mask in masks[1:]:
+            combined = torch.maximum(combined, mask)
+        return combined

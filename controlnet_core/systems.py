@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import controlnet, controlnext, foreign, t2i_adapter
+from . import controlnet, controlnext, foreign, t2i_adapter, union
 from .checkpoint_io import read_state_dict, read_tensor_shapes
 from .errors import CheckpointError
 from .identity import Identity
@@ -57,6 +57,11 @@ def _load_controlnext(state, name, *, companion, companion_kind, base_unet, vari
                                         variant=variant, **options)
 
 
+def _load_union(state, name, *, companion, companion_kind, base_unet, variant, **options):
+    _refuse_extras(name, "Union ControlNet", companion=companion, variant=variant)
+    return union.load_union(state, source=name, **options)
+
+
 def _refuse_extras(name: str, system: str, **given) -> None:
     if given.get("companion") is not None:
         raise CheckpointError(f"{name} is a {system}, which takes no companion weight file; only ControlNeXt modules "
@@ -68,7 +73,7 @@ def _refuse_extras(name: str, system: str, **given) -> None:
 SYSTEMS: tuple[System, ...] = (
     System("HunyuanDiT ControlNet", foreign.hunyuan_dit),
     System("Control-LoRA", foreign.control_lora),
-    System("Union", foreign.union),
+    System("Union", union.detect, _load_union),
     System("LLLite", foreign.lllite),
     System("DiT ControlNets", foreign.dit_controlnets),
     System("ControlNeXt", controlnext.detect, _load_controlnext),

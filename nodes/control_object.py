@@ -31,8 +31,11 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
 
-from ..controlnet_core import ControlEntry, ControlModel, ControlStack, UNetLayout, load_control, load_t2i_adapter
+from ..controlnet_core import (ControlEntry, ControlModel, ControlStack, InputError, UNetLayout, load_control,
+                              load_t2i_adapter)
 from ..controlnet_core.controlnet import load_controlnet
+from ..controlnet_core.fast import speed_mode
+from ..controlnet_core.union import UnionControl, load_union
 from .control_units import (ControlUnit, add_transformer_patches, check_contribution, host_control_dict,
                             sigma_in_range, stream_patches, sum_controls)
 
@@ -123,18 +126,24 @@ def from_host_controlnet(control: Any) -> LoadedControl | None:
     ControlNet or a T2I-Adapter (full, XL or light).
 
     Its weights are read from the host module (shared storage, no copy when the dtype matches), so
-    results match the host path. Anything else (Control-LoRA, union and shuffle ControlNets,
+    results match the host path; a Union ControlNet too (its type, from the host's SetUnionControlNetType,
+    is applied with `host_union_type`). Anything else (Control-LoRA, shuffle ControlNets,
     Stable Cascade, SD3/Flux/HunyuanDiT nets) returns None and the caller keeps the host object."""
     module, build = None, None
     if type(control) is comfy.controlnet.ControlNet:
         module = getattr(control, "control_model", None)
         if module is None or control.global_average_pooling or control.latent_format is not None:
             return None
-        if type(module).__name__ != "ControlNet" or getattr(module, "control_add_embedding", None) is not None:
-            return None  # union ControlNets and non-UNet families stay on the host path
+        if type(module).__name__ != "ControlNet":
+            return None  # non-UNet families stay on the host path
         dtype = control.manual_cast_dtype or module.dtype
-        build = lambda: load_controlnet(module.state_dict(), dtype=dtype, device="cpu")  # noqa: E731
-        load_device, label = control.load_device, "ControlNet from the host's loader"
+        if getattr(module, "control_add_embedding", None) is not None:
+            build = lambda: load_union(module.state_dict(), dtype=dtype, device="cpu")  # noqa: E731
+            label = "Union ControlNet from the host's loader"
+        else:
+            build = lambda: load_controlnet(module.state_dict(), dtype=dtype, device="cpu")  # noqa: E731
+            label = "ControlNet from the host's loader"
+        load_device = control.load_device
     elif type(control) is getattr(comfy.controlnet, "T2IAdapter", None):
         module = getattr(control, "t2i_model", None)
         if type(module).__name__ not in ("Adapter", "Adapter_light"):
@@ -155,6 +164,24 @@ def from_host_controlnet(control: Any) -> LoadedControl | None:
         loaded = wrap_model(model, label, load_device)
         _HOST_OBJECT_CACHE[module] = loaded
         return loaded
+
+
+def with_union_type(loaded: LoadedControl, control_type: list) -> LoadedControl:
+    """A Union control with the type the host's SetUnionControlNetType set ([id], or [] for auto):
+    a view of the same network, managed by the same patcher."""
+    if len(control_type) > 1:
+        raise InputError(f"{loaded.name}: one control type per entry, found {list(control_type)}; stack one "
+                         "entry per type (entries of the same Union file run in one pass)")
+    model = loaded.model.with_type(int(control_type[0]) if control_type else None)
+    return LoadedControl(model=model, patcher=loaded.patcher, name=f"{loaded.name} ({model.type_name})")
+
+
+def host_union_type(control: Any, loaded: LoadedControl | None) -> LoadedControl | None:
+    """`loaded` (from_host_controlnet of the host object `control`) with the Union type the host's
+    SetUnionControlNetType set on that object (none set: "auto", as the host runs it)."""
+    if loaded is None or not isinstance(loaded.model, UnionControl):
+        return loaded
+    return with_union_type(loaded, list(getattr(control, "extra_args", {}).get("control_type", [])))
 
 
 def weight_hooks(controls: list[Any]):
@@ -199,6 +226,14 @@ class PackControl(comfy.controlnet.ControlBase):
         self.extra_hooks = weight_hooks([unit.net for unit in self.units]) if self.units else self.extra_hooks
 
     # ---- what the units are -------------------------------------------------------------------
+    def typed_source(self) -> LoadedControl | None:
+        """Our loader's control as the host's SetUnionControlNetType node left it: on a Union file,
+        extra_args["control_type"] = [id] picks the entry's control type, [] none ("auto")."""
+        source, control_type = self.source, getattr(self, "extra_args", {}).get("control_type")
+        if source is None or control_type is None or not isinstance(source.model, UnionControl):
+            return source
+        return with_union_type(source, control_type)
+
     def effective_units(self) -> list[ControlUnit]:
         """Our own units, or the single unit the host's apply node configured via set_cond_hint."""
         if self.units:
@@ -206,7 +241,7 @@ class PackControl(comfy.controlnet.ControlBase):
         if self.source is not None and self.cond_hint_original is not None:
             hint = self.cond_hint_original.movedim(1, -1)  # host keeps B×C×H×W; a unit holds IMAGE B×H×W×C
             start, end = self.timestep_percent_range
-            return [ControlUnit(net=self.source, image=hint, strength=float(self.strength), start=start, end=end,
+            return [ControlUnit(net=self.typed_source(), image=hint, strength=float(self.strength), start=start, end=end,
                                 label=self.source.name)]
         return []
 
@@ -245,7 +280,8 @@ class PackControl(comfy.controlnet.ControlBase):
             if self._layout is not None:
                 control_model.check_fits(self._layout)
             entry = ControlEntry(model=control_model, image=unit.image, strength=unit.strength, start=unit.start,
-                                 end=unit.end, mask=unit.mask, mode=unit.mode, resize_mode=unit.resize_mode)
+                                 end=unit.end, mask=unit.mask, mode=unit.mode, resize_mode=unit.resize_mode,
+                                 reuse=speed_mode(unit.speed_mode))
             self._entry_ranges[id(entry)] = (float(percent_to_timestep_function(unit.start)),
                                              float(percent_to_timestep_function(unit.end)))
             entries.append(entry)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..controlnet_core import ControlNetError, InputError
+from ..controlnet_core.fast import speed_mode
 from ..controlnet_core.hint import RESIZE_MODES, as_image_batch
 from ..controlnet_core.modes import MODE_BALANCED, check_mode
 from ..controlnet_core.protocol import Contribution, UNetLayout
@@ -47,6 +48,7 @@ class ControlUnit:
     mode: str = MODE_BALANCED
     label: str = ""
     resize_mode: str = "crop_and_resize"
+    speed_mode: str = "exact"                 # controlnet_core.fast.SPEED_MODES: exact, or a fast (inexact) mode
 
     def __post_init__(self) -> None:
         name = self.label or "ControlNet entry"
@@ -60,6 +62,10 @@ class ControlUnit:
         check_mode(self.mode)
         if self.resize_mode not in RESIZE_MODES:
             raise InputError(f"{name}: resize_mode: expected one of {list(RESIZE_MODES)}, found {self.resize_mode!r}")
+        try:
+            speed_mode(self.speed_mode)
+        except InputError as error:
+            raise InputError(f"{name}: {error}") from None
         # Mask size and batch are checked by controlnet_core (prepare_mask) against the image and the
         # generation size, which is only known at sampling time.
 

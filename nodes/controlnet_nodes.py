@@ -16,9 +16,10 @@ import comfy.utils
 import folder_paths
 
 from ..controlnet_core import InputError
+from ..controlnet_core.fast import SPEED_MODES
 from ..controlnet_core.hint import RESIZE_MODES
 from ..controlnet_core.modes import CONTROL_MODES, MODE_BALANCED
-from .control_object import LoadedControl, PackControl, from_host_controlnet, load_file
+from .control_object import LoadedControl, PackControl, from_host_controlnet, host_union_type, load_file
 from .control_units import ControlUnit
 
 KEY_PREFIX = "ControlNetPack_"
@@ -48,6 +49,12 @@ RESIZE = (list(RESIZE_MODES), {"default": "crop_and_resize",
                                "tooltip": "How the control image is fitted to the generation: crop_and_resize "
                                           "(centre crop, the host's), just_resize (stretch) or resize_and_fill "
                                           "(letterbox with the edge colour)."})
+SPEED = (list(SPEED_MODES), {"default": "exact",
+                             "tooltip": "exact: the control is computed at every step (the reference result). The fast "
+                                        "modes are not exact: they compute it at one step and reuse it at the next "
+                                        "ones, every 2 or 3 steps, or adaptive (again once the timestep moved 150 of "
+                                        "1000), for about 2-3× less control time at a small quality cost (see the "
+                                        "README's fast-mode table)."})
 MASK_TOOLTIP = ("Optional MASK, same width and height as the control image: the control acts only where "
                 "the mask is 1 (soft values blend).")
 IMAGE_TOOLTIP = ("Control image (pose skeleton, depth map, edges…), values 0–1. Resized to the latent size ×8 "
@@ -79,26 +86,26 @@ def resolve_controlnet_path(name: str) -> str:
 
 
 def as_unit(control_net, image, strength: float, start: float, end: float, mask, mode: str, label: str,
-            resize_mode: str = "crop_and_resize") -> ControlUnit:
+            resize_mode: str = "crop_and_resize", speed_mode: str = "exact") -> ControlUnit:
     """One stack entry from node inputs; a host CONTROL_NET is run through our core when it can be."""
     if isinstance(control_net, PackControl):
         if control_net.source is None:
             raise InputError(f"{label}: this CONTROL_NET already carries applied controls; connect the loader's "
                              "output instead")
-        net = control_net.source
+        net = control_net.typed_source()  # a Union type set by the host's SetUnionControlNetType
     else:
-        net = from_host_controlnet(control_net)
+        net = host_union_type(control_net, from_host_controlnet(control_net))
         if net is None:
             if not hasattr(control_net, "set_cond_hint"):
                 raise InputError(f"{label}: control_net must be a CONTROL_NET, found {type(control_net).__name__}")
-            if mask is not None or mode != MODE_BALANCED or resize_mode != "crop_and_resize":
+            if mask is not None or mode != MODE_BALANCED or resize_mode != "crop_and_resize" or speed_mode != "exact":
                 raise InputError(
                     f"{label}: this {type(control_net).__name__} runs on the host's own code path, which has no "
-                    "mask, control mode or resize mode; use mode 'balanced', crop_and_resize and no mask, or load the "
-                    "file with LoadControlNet")
+                    "mask, control mode or resize mode, and no fast mode; use mode 'balanced', crop_and_resize, "
+                    "speed_mode 'exact' and no mask, or load the file with LoadControlNet")
             net = control_net
     return ControlUnit(net=net, image=image, strength=float(strength), start=float(start), end=float(end),
-                       mask=mask, mode=mode, label=label, resize_mode=resize_mode)
+                       mask=mask, mode=mode, label=label, resize_mode=resize_mode, speed_mode=speed_mode)
 
 
 def apply_units(positive: list, negative: list, units: list[ControlUnit]) -> tuple[list, list]:
@@ -169,10 +176,12 @@ def _refuse_reapplied(units: list[ControlUnit], conditioning: list) -> None:
 
 class LoadControlNet:
     DESCRIPTION = ("Loads a control model from ComfyUI's controlnet models folder: a ControlNet (SD1.x, SD2.x, SDXL; "
-                   "original or diffusers layout), a T2I-Adapter (full, XL or light) or a ControlNeXt module (with its "
-                   "UNet weights as the optional second file). The output is a standard CONTROL_NET: it works with "
+                   "original or diffusers layout), a T2I-Adapter (full, XL or light), a ControlNeXt module (with its "
+                   "UNet weights as the optional second file) or a Union ControlNet (xinsir, 6 types or ProMax; pick "
+                   "each entry's type with the host's SetUnionControlNetType node, and entries of one Union file run "
+                   "in one pass). The output is a standard CONTROL_NET: it works with "
                    "this pack's apply nodes and with the host's own Apply ControlNet. Files the pack does not run "
-                   "(Union, Control-LoRA, LLLite, style adapters, SD3/Flux ControlNets) get an error naming the node "
+                   "(Control-LoRA, LLLite, style adapters, SD3/Flux ControlNets) get an error naming the node "
                    "to use instead. Loading the same file twice reuses the weights.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("CONTROL_NET",)
@@ -236,13 +245,14 @@ class ApplyControlNet:
                 "mask": ("MASK", {"tooltip": MASK_TOOLTIP}),
                 "control_mode": MODE,
                 "resize_mode": RESIZE,
+                "speed_mode": SPEED,
             },
         }
 
     def apply(self, positive, negative, control_net, image, strength, start_percent, end_percent,
-              mask=None, control_mode=MODE_BALANCED, resize_mode="crop_and_resize"):
+              mask=None, control_mode=MODE_BALANCED, resize_mode="crop_and_resize", speed_mode="exact"):
         unit = as_unit(control_net, image, strength, start_percent, end_percent, mask, control_mode, "ApplyControlNet",
-                       resize_mode)
+                       resize_mode, speed_mode)
         return apply_units(positive, negative, [unit])
 
 
@@ -281,6 +291,8 @@ class MultiControlStack:
             optional[f"mask_{slot}"] = ("MASK", {"tooltip": f"Entry {slot}: {MASK_TOOLTIP}"})
         for slot in range(1, STACK_SLOTS + 1):  # added later: optional inputs keep old workflows loading
             optional[f"resize_mode_{slot}"] = RESIZE
+        for slot in range(1, STACK_SLOTS + 1):
+            optional[f"speed_mode_{slot}"] = SPEED
         return {"required": required, "optional": optional}
 
     def apply(self, positive=None, negative=None, stack=None, **slots):
@@ -298,7 +310,8 @@ class MultiControlStack:
             units.append(as_unit(control_net, image, slots.get(f"strength_{slot}", 1.0),
                                  slots.get(f"start_percent_{slot}", 0.0), slots.get(f"end_percent_{slot}", 1.0),
                                  slots.get(f"mask_{slot}"), slots.get(f"control_mode_{slot}", MODE_BALANCED), label,
-                                 slots.get(f"resize_mode_{slot}", "crop_and_resize")))
+                                 slots.get(f"resize_mode_{slot}", "crop_and_resize"),
+                                 slots.get(f"speed_mode_{slot}", "exact")))
         out_positive, out_negative = apply_units(positive or [], negative or [], units)
         return (out_positive, out_negative, tuple(units))
 

@@ -494,3 +494,29 @@ def test_control_the_core_cannot_run_stays_on_the_host_path(nodes):
     with pytest.raises(nodes.InputError, match="no mask, control mode or resize mode"):
         nodes.ApplyControlNet().apply(conditioning(), conditioning(), lora, image, 1.0, 0.0, 1.0,
                                       mask=torch.ones(32, 32))
+
+
+def test_host_set_union_type_picks_each_entrys_type_on_our_loaders_union(nodes, folder):
+    """The host's SetUnionControlNetType does control_net.copy() then extra_args["control_type"] =
+    [id] ([] for auto): each entry gets a typed view of the one loaded network."""
+    from tests.test_union import make_diffusers_union, state_dict_of
+
+    save_file(state_dict_of(make_diffusers_union(8)), str(folder / "union.safetensors"))
+    source, = nodes.LoadControlNet().load("union.safetensors")
+
+    def typed(type_ids):
+        control = source.copy()
+        control.extra_args = {"control_type": type_ids}
+        return control
+
+    stacked, _, _ = nodes.MultiControlStack().apply(conditioning(), conditioning(), None, **stack_inputs(
+        control_net_1=typed([0]), image_1=torch.rand(1, 32, 32, 3), control_net_2=typed([1]),
+        image_2=torch.rand(1, 32, 32, 3), control_net_3=typed([]), image_3=torch.rand(1, 32, 32, 3), enabled_3=True))
+    nets = [unit.net for unit in stacked[0][1]["control"].units]
+    assert [net.model.control_type for net in nets] == [0, 1, None]
+    assert nets[0].model.network is nets[1].model.network is source.source.model.network
+    assert nets[0].patcher is nets[1].patcher is source.source.patcher  # one model for the memory manager
+    assert "openpose" in nets[0].name and "depth" in nets[1].name
+    with pytest.raises(Exception, match="one control type per entry"):
+        nodes.ApplyControlNet().apply(conditioning(), conditioning(), typed([0, 1]), torch.rand(1, 32, 32, 3), 1.0,
+                                      0.0, 1.0)

@@ -93,7 +93,7 @@ def cases() -> dict[str, tuple[dict, str, str, str | None, bool]]:
                                          True),
         "controlnext-sd15-old.safetensors": (dict(ReferenceModuleB().state_dict()), "ControlNeXt", "old", "sd1", True),
         "unet_weight_increasements.safetensors": (subset, "ControlNeXt", "UNet weight subset", "sd1", False),
-        "controlnet-union-sdxl-promax.safetensors": (UNION, "Union", "ProMax", "sdxl", False),
+        "controlnet-union-sdxl-promax.safetensors": (UNION, "Union", "ProMax", "sdxl", True),
         "control-lora-canny-rank128.safetensors": (CONTROL_LORA, "Control-LoRA", "rank 128", "sdxl", False),
         "kohya_controllllite_xl_canny.safetensors": (LLLITE, "LLLite", "modules", "sdxl", False),
     }
@@ -138,7 +138,6 @@ def test_diffusers_light_adapters_load_where_the_host_fails():
 @pytest.mark.parametrize("file_name, advice", [
     ("t2iadapter_style_sd14v1.pth", "'Load Style Model'"),
     ("coadapter-fuser-sd15v1.pth", "CoAdapter fuser"),
-    ("controlnet-union-sdxl-promax.safetensors", "SetUnionControlNetType"),
     ("control-lora-canny-rank128.safetensors", "Load ControlNet Model"),
     ("kohya_controllllite_xl_canny.safetensors", "LLLiteLoader"),
     ("Flux_XLabs.safetensors", "diffusion transformer"),

@@ -36,11 +36,18 @@ class Residuals(NamedTuple):
     mid: torch.Tensor
 
 
+def residual_additions(result: Residuals) -> list[Addition]:
+    """A ControlNet's residuals as protocol additions: skip i in slot i, the middle one last."""
+    additions = [Addition(Target.skip(i), i, residual) for i, residual in enumerate(result.down)]
+    return additions + [Addition(Target.middle(), len(result.down), result.mid)]
+
+
 class ControlNetModel(ControlModel):
     """The ControlNet as a control system (protocol.py): slots are the skip residuals in encoder order,
     then the middle one; `prepare` is the hint block (it depends only on the control image)."""
 
     system = "ControlNet"
+    row_inputs = ("x", "timesteps", "context", "y")  # each row on its own (per-sample norms and attention)
 
     def __init__(self, config: ControlNetConfig, device=None, dtype=None, operations=default_operations,
                  compute_dtype: torch.dtype | None = None) -> None:
@@ -126,8 +133,7 @@ class ControlNetModel(ControlModel):
         # Timesteps in the model's dtype, as the host's ControlNet receives them.
         result = self(call.x, None, call.timesteps.to(self.dtype), call.context, call.y,
                       hint_embedding=take_frames(prepared, frames))
-        additions = [Addition(Target.skip(i), i, residual) for i, residual in enumerate(result.down)]
-        return additions + [Addition(Target.middle(), len(result.down), result.mid)]
+        return residual_additions(result)
 
     def check_fits(self, layout: UNetLayout) -> None:
         cfg = self.config
@@ -185,7 +191,10 @@ class ControlNetModel(ControlModel):
                          "expected 1 or the same batch")
 
     def forward(self, x: torch.Tensor, hint: torch.Tensor | None, timesteps: torch.Tensor, context: torch.Tensor,
-                y: torch.Tensor | None = None, *, hint_embedding: torch.Tensor | None = None) -> Residuals:
+                y: torch.Tensor | None = None, *, hint_embedding: torch.Tensor | None = None,
+                extra_emb: torch.Tensor | None = None) -> Residuals:
+        """extra_emb: added to the time embedding before the SDXL label embedding (the Union control-type
+        embedding, in the released order)."""
         self.check_inputs(x, context, y)
         if hint_embedding is None:
             if hint is None:
@@ -199,6 +208,8 @@ class ControlNetModel(ControlModel):
         context = self._match_batch(context, x.shape[0], "text context")
         x, context = x.to(dtype), context.to(dtype)
         emb = self.time_embed(timestep_embedding(timesteps.reshape(-1), self.config.model_channels).to(dtype))
+        if extra_emb is not None:
+            emb = emb + extra_emb.to(dtype)
         if self.config.adm_in_channels is not None:
             emb = emb + self.label_emb(self._match_batch(y, x.shape[0], "`y`").to(dtype))
 

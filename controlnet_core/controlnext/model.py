@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ControlNetError, InputError
+from ..fast import unique_rows
 from ..ldm.blocks import timestep_embedding
 from ..ops import default_operations
 from ..protocol import (Addition, ControlModel, HintSpec, Target, UNetCall, UNetLayout, WeightPatch, family_name,
@@ -203,7 +204,14 @@ class ControlNeXtModel(ControlModel):
 
     def additions(self, call: UNetCall, prepared: torch.Tensor, frames: torch.Tensor) -> list[Addition]:
         variant = self.variant_for(call.layout)
-        feature = self(take_frames(prepared, frames), call.timesteps)
+        shared = unique_rows(call, frames, ("timesteps",))  # the feature reads the image and the timestep only
+        if shared is None:
+            feature = self(take_frames(prepared, frames), call.timesteps)
+        else:  # cond and uncond rows (and latents of one frame) share it: computed once per distinct row
+            representatives, group = (torch.tensor(rows, dtype=torch.long) for rows in shared)
+            feature = self(take_frames(prepared, frames.index_select(0, representatives)),
+                           call.timesteps.index_select(0, representatives.to(call.timesteps.device)))
+            feature = feature.index_select(0, group.to(feature.device))
         scale = self.scale if self.config.module != MODULE_A else None
 
         def inject(hidden: torch.Tensor) -> torch.Tensor:

@@ -182,3 +182,48 @@ def ensure_weights(folder: Path) -> dict[str, Path]:
     save_file({f"control_model.{k}": v for k, v in sdxl.items()}, str(paths["sdxl"]))
     marker.write_text(json.dumps({"version": FORMAT_VERSION}))
     return {**paths, **ensure_system_weights(folder)}
+
+
+# ---- Union ControlNets (xinsir ControlNet++) ------------------------------------------------------------
+
+UNION_PREFIXES = ("task_embedding", "transformer_layes.", "spatial_ch_projs.", "control_add_embedding.")
+
+
+def union_diffusers_state_dict(config: dict, types: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A Union ControlNet of the host's ldm `config` (plus `types` control types) with random
+    weights, in the released diffusers layout: the host's own module, its names mapped back with
+    the host's diffusers table (comfy.utils.unet_to_diffusers and the ControlNet-only parts its
+    loader adds). Task embedding ~ N(0, 320) as the released init."""
+    import comfy.cldm.cldm
+    import comfy.utils
+
+    network = comfy.cldm.cldm.ControlNet(hint_channels=3, union_controlnet_num_control_type=types,
+                                         **{k: v for k, v in config.items() if k != "out_channels"})
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, param in sorted(network.state_dict().items()):
+        if name == "task_embedding":
+            values = torch.randn(param.shape, generator=generator) * math.sqrt(param.shape[1])
+        elif param.ndim >= 2:
+            values = torch.randn(param.shape, generator=generator) / math.sqrt(param[0].numel())
+        else:
+            gain = name.endswith("weight") and any(p in name for p in ("norm", "ln_", "in_layers.0", "out_layers.0"))
+            values = torch.randn(param.shape, generator=generator) * 0.05 + (1.0 if gain else 0.0)
+        state[name] = values
+    to_ldm = comfy.utils.unet_to_diffusers(dict(config))
+    to_ldm.update({f"controlnet_mid_block.{s}": f"middle_block_out.0.{s}" for s in ("weight", "bias")})
+    zero_convs = 1 + sum(config["num_res_blocks"]) + len(config["channel_mult"]) - 1
+    for i in range(zero_convs):
+        to_ldm.update({f"controlnet_down_blocks.{i}.{s}": f"zero_convs.{i}.0.{s}" for s in ("weight", "bias")})
+    for index, name in enumerate(["conv_in"] + [f"blocks.{k}" for k in range(6)] + ["conv_out"]):
+        to_ldm.update({f"controlnet_cond_embedding.{name}.{s}": f"input_hint_block.{2 * index}.{s}"
+                       for s in ("weight", "bias")})
+    # label_emb is reachable from two diffusers names; SDXL files use add_embedding.
+    to_diffusers = {ldm: diff for diff, ldm in to_ldm.items() if not diff.startswith("class_embedding.")}
+    out = {}
+    for key, value in state.items():
+        if key.startswith(UNION_PREFIXES):
+            out[key.replace(".attn.in_proj.", ".attn.in_proj_")] = value
+        else:
+            out[to_diffusers[key]] = value  # KeyError: a name the host's table does not cover
+    return {k: v.contiguous() for k, v in out.items()}
