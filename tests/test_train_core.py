@@ -154,13 +154,16 @@ def test_schedule_matches_diffusers_scheduler(prediction_type):
     ours = NoiseSchedule.stable_diffusion(prediction_type)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", prediction_type=prediction_type)
-    x0, noise = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8)
+    generator = torch.Generator().manual_seed(14)
+    x0, noise = torch.randn(4, 4, 8, 8, generator=generator), torch.randn(4, 4, 8, 8, generator=generator)
     timesteps = torch.tensor([0, 1, 500, 999])
+    # ᾱ is float64 here and float32 in DDPMScheduler (~1e-7 relative), and each side rounds its two
+    # float32 products: a few 1e-6 absolute on unit-variance inputs (1.2e-6 seen with other draws).
     torch.testing.assert_close(ours.add_noise(x0, noise, timesteps), scheduler.add_noise(x0, noise, timesteps),
-                               rtol=1e-6, atol=1e-6)
+                               rtol=1e-5, atol=4e-6)
     if prediction_type == "v_prediction":
         torch.testing.assert_close(ours.target(x0, noise, timesteps), scheduler.get_velocity(x0, noise, timesteps),
-                                   rtol=1e-6, atol=1e-6)
+                                   rtol=1e-5, atol=4e-6)
     # The host keeps the schedule as sigmas = sqrt((1 - ᾱ) / ᾱ); going back gives the same ᾱ.
     sigmas = ((1 - scheduler.alphas_cumprod.double()) / scheduler.alphas_cumprod.double()).sqrt()
     torch.testing.assert_close(NoiseSchedule.from_sigmas(sigmas, prediction_type).alphas_cumprod,
