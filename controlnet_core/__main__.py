@@ -2,6 +2,8 @@
 
 The first line of each report is the system's common name (ControlNet, T2I-Adapter, ControlNeXt,
 Union, Control-LoRA, LLLite, …). Exit status 0 when every file was identified, 1 otherwise.
+
+`python -m controlnet_core train …`: train a ControlNet from a base checkpoint (see train/cli.py).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import sys
 from .errors import ControlNetError
 from .protocol import family_name
 from .systems import identify
+from .train import cli as train_cli
 
 
 def _format(path: str, identity) -> str:
@@ -35,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     inspect = commands.add_parser("inspect", help="name the system, variant, layout and base model of control files")
     inspect.add_argument("files", nargs="+")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    train_cli.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "train":
+        return _train(args)
 
     status = 0
     for index, path in enumerate(args.files):
@@ -50,6 +56,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(("\n" if index else "") + _format(path, identity))
     return status
+
+
+def _train(args) -> int:
+    try:
+        return train_cli.run(args)
+    except (ControlNetError, FileNotFoundError, ImportError) as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("train: interrupted; nothing was written to the output. Continue with --resume "
+              "(from the last checkpoint in the work folder).", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

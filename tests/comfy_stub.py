@@ -216,3 +216,40 @@ def import_preprocessor_nodes(monkeypatch, tmp_path: Path):
     sys.modules["comfy.utils"].ProgressBar = RecordingProgressBar
     module = importlib.import_module(f"{PACK_NAME}.nodes.preprocessor_nodes")
     return module, registered, progress
+
+
+def import_train_nodes(monkeypatch, tmp_path: Path):
+    """Import nodes/train_nodes.py against the stub plus what it uses on top of it: an input folder,
+    the models/controlnet folder, the memory manager's load call, the interrupt check and a recording
+    progress bar. Returns (module, recorded progress updates, interrupt switch: a list, set [True] to cancel)."""
+    controlnet_folder = tmp_path / "models" / "controlnet"
+    controlnet_folder.mkdir(parents=True, exist_ok=True)
+    import_nodes(monkeypatch, controlnet_folder)
+    folder_paths = sys.modules["folder_paths"]
+    (tmp_path / "input").mkdir(exist_ok=True)
+    folder_paths.get_input_directory = lambda: str(tmp_path / "input")
+    interrupt: list[bool] = []
+    mm = sys.modules["comfy.model_management"]
+    mm.load_models_gpu = lambda models, **kwargs: None
+
+    def throw_exception_if_processing_interrupted():
+        if interrupt:
+            raise RuntimeError("Processing interrupted")  # the host raises its InterruptProcessingException
+
+    mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+    progress: list[tuple[int, int]] = []
+
+    class RecordingProgressBar:
+        def __init__(self, total, node_id=None):
+            self.total = total
+
+        def update_absolute(self, value, total=None, preview=None):
+            self.current = value
+            progress.append((value, total or self.total))
+
+        def update(self, value):
+            self.update_absolute(getattr(self, "current", 0) + value)
+
+    sys.modules["comfy.utils"].ProgressBar = RecordingProgressBar
+    module = importlib.import_module(f"{PACK_NAME}.nodes.train_nodes")
+    return module, progress, interrupt

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from comfy_stub import import_nodes, import_preprocessor_nodes
+from comfy_stub import import_nodes, import_preprocessor_nodes, import_train_nodes
 
 SNAPSHOT = Path(__file__).parent / "node_interface_snapshot.json"
-CONNECTION_TYPES = {"CONDITIONING", "CONTROL_NET", "IMAGE", "MASK", "MODEL", "CONTROLNET_PACK_STACK"}
+CONNECTION_TYPES = {"CONDITIONING", "CONTROL_NET", "IMAGE", "MASK", "CONTROLNET_PACK_STACK", "MODEL", "CLIP", "VAE"}
 # Combos listing a models folder: input name -> how many fixed leading values precede the files.
 FILE_LIST_INPUTS = {"control_net_name": 0, "unet_weights": 1}
 
@@ -59,14 +59,16 @@ def nodes(monkeypatch, tmp_path):
 
 @pytest.fixture
 def all_mappings(monkeypatch, tmp_path):
-    """Every node of the pack: the ControlNet nodes and the preprocessor nodes."""
+    """Every node of the pack: the ControlNet, preprocessor and training nodes."""
     preprocessors, _, _ = import_preprocessor_nodes(monkeypatch, tmp_path)
     package = preprocessors.__name__.rsplit(".", 1)[0]
     controlnet = sys.modules[package + ".controlnet_nodes"]
     samples = importlib.import_module(package + ".sample_nodes")
-    return ({**controlnet.NODE_CLASS_MAPPINGS, **preprocessors.NODE_CLASS_MAPPINGS, **samples.NODE_CLASS_MAPPINGS},
+    training, _, _ = import_train_nodes(monkeypatch, tmp_path)
+    return ({**controlnet.NODE_CLASS_MAPPINGS, **preprocessors.NODE_CLASS_MAPPINGS, **samples.NODE_CLASS_MAPPINGS,
+             **training.NODE_CLASS_MAPPINGS},
             {**controlnet.NODE_DISPLAY_NAME_MAPPINGS, **preprocessors.NODE_DISPLAY_NAME_MAPPINGS,
-             **samples.NODE_DISPLAY_NAME_MAPPINGS})
+             **samples.NODE_DISPLAY_NAME_MAPPINGS, **training.NODE_DISPLAY_NAME_MAPPINGS})
 
 
 def test_interface_matches_snapshot(all_mappings):

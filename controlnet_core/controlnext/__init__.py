@@ -2,6 +2,7 @@
 stream after one block, plus a fine-tuned subset of UNet weights (see model.py, unet_subset.py)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 
@@ -29,7 +30,9 @@ def _module_config(shapes: Mapping[str, tuple[int, ...]]) -> ControlNeXtConfig |
     if "scale" in shapes or "down_res.2.conv1.weight" in shapes or shapes[MARKER][0] == MODULE_B_CONFIG.final_out_channels:
         return MODULE_B_CONFIG
     if "embedding.0.weight" in shapes:
-        return MODULE_A_CONFIG
+        # The feature's width is read from the file: 320 in the releases, the base's first-level
+        # width for modules trained here on other UNets (controlnet_core.train).
+        return dataclasses.replace(MODULE_A_CONFIG, final_out_channels=shapes[MARKER][0])
     return None
 
 
