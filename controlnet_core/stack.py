@@ -6,7 +6,8 @@ weights. For a UNet call the stack runs only the entries that are on (inside the
 
     strength · mode weight[slot] · weights[slot] · mask · row scale · value
 
-where the mask is area-resized to the addition's resolution and the row scale is 1 on conditional
+where the mask is area-resized to the addition's resolution (for attention inputs, the token grid
+of that transformer block) and the row scale is 1 on conditional
 rows and `uncond_strength` (0 in "ControlNet is more important") on unconditional ones. Rows whose
 scale is 0 are not computed at all.
 
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .hint import INTERPOLATIONS, RESIZE_MODES, as_image_batch, as_mask_batch, prepare_hint, prepare_mask
 from .modes import MODE_BALANCED, mode_settings
-from .protocol import Addition, Contribution, ControlModel, HintSpec, UNetCall, UNetLayout, take_frames
+from .protocol import Addition, Contribution, ControlModel, HintSpec, UNetCall, UNetLayout, take_frames, token_grid
 
 MAX_STRENGTH = 10.0
 
@@ -266,7 +267,11 @@ class _EntryCall:
         if self.row_scale is not None:
             out = out * self.row_scale.view(-1, *([1] * (out.ndim - 1)))
         if self.entry.mask is not None:
-            mask = self.entry.mask_at(*self.latent_size, *out.shape[-2:])
+            if out.ndim == 3:  # B×N×C tokens of a transformer block: the mask on its grid, row-major
+                grid = token_grid(self.latent_size, out.shape[1])
+                mask = self.entry.mask_at(*self.latent_size, *grid).flatten(2).transpose(1, 2)
+            else:
+                mask = self.entry.mask_at(*self.latent_size, *out.shape[-2:])
             mask = take_frames(mask, self.mask_frames[self.rows.cpu()]).to(device=out.device, dtype=out.dtype)
             out = out * mask
         if self.subset:
