@@ -1,0 +1,58 @@
+"""Control-LoRA and ControlNet-LLLite inside a running ComfyUI server.
+
+- Control-LoRA (a rank-8 SD1.5 file in Stability's layout): our LoadControlNet + ApplyControlNet and
+  the host's ControlNetLoader + ControlNetApplyAdvanced (its ControlLora) give the same KSampler
+  latent, on the plain model and on the model with a LoRA applied (LoraLoaderModelOnly): both
+  build the ControlNet from the UNet weights the sampler loaded, LoRA included.
+- LLLite (an SD1.5-shaped file in kohya's layout; the released files are SDXL, beyond this CPU test's
+  budget): the prompt runs and changes the latent, strength and mask act, and the next prompt
+  without it gives the uncontrolled latent bit for bit: the attention patches are gone.
+"""
+from __future__ import annotations
+
+import torch
+
+import host_env
+from test_host_server import LATENT_TOLERANCE, base_prompt, latent_of, relative_difference, with_host_controls, \
+    with_our_apply
+
+CONTROL_LORA = host_env.MODEL_FILES["control_lora"][1]
+LLLITE = host_env.MODEL_FILES["lllite"][1]
+LORA = host_env.MODEL_FILES["lora"][1]
+
+
+def with_lora(prompt: dict) -> dict:
+    prompt["lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["ckpt", 0], "lora_name": LORA,
+                                                                       "strength_model": 1.0}}
+    prompt["sampler"]["inputs"]["model"] = ["lora", 0]
+    return prompt
+
+
+def test_control_lora_gives_the_hosts_latent_with_and_without_a_lora_on_the_model(server):
+    latents = {}
+    for lora in (False, True):
+        prepare = with_lora if lora else (lambda prompt: prompt)
+        host = latent_of(server, server.run_prompt(prepare(with_host_controls(
+            base_prompt(steps=2), [(CONTROL_LORA, "depth_image", 0.8)]))))
+        ours = latent_of(server, server.run_prompt(prepare(with_our_apply(
+            base_prompt(steps=2), CONTROL_LORA, "depth_image", 0.8))))
+        plain = latent_of(server, server.run_prompt(prepare(base_prompt(steps=2))))
+        assert relative_difference(ours, plain) > 100 * LATENT_TOLERANCE, "the Control-LoRA does not act"
+        assert relative_difference(ours, host) <= LATENT_TOLERANCE, f"lora {lora}: {relative_difference(ours, host):.2e}"
+        latents[lora] = ours
+    assert relative_difference(latents[True], latents[False]) > 100 * LATENT_TOLERANCE
+    assert "control could not be applied" not in server.log()
+
+
+def test_lllite_runs_with_strength_and_mask_and_its_patches_leave_with_it(server):
+    before = latent_of(server, server.run_prompt(base_prompt(steps=2)))
+    full = latent_of(server, server.run_prompt(with_our_apply(base_prompt(steps=2), LLLITE, "depth_image", 1.0)))
+    half = latent_of(server, server.run_prompt(with_our_apply(base_prompt(steps=2), LLLITE, "depth_image", 0.5)))
+    masked_prompt = with_our_apply(base_prompt(steps=2), LLLITE, "depth_image", 1.0, mask=["no_mask", 0])
+    masked_prompt["no_mask"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 256, "height": 256}}
+    masked = latent_of(server, server.run_prompt(masked_prompt))
+    after = latent_of(server, server.run_prompt(base_prompt(steps=2)))
+    assert relative_difference(full, before) > 1e-3  # the modules act
+    assert relative_difference(half, full) > 1e-3 and relative_difference(half, before) > 1e-3
+    assert torch.equal(masked, before)  # a zero mask: every shift is multiplied by 0
+    assert torch.equal(after, before)  # and the attention patches are gone for the next prompt
