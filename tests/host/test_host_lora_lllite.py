@@ -56,3 +56,40 @@ def test_lllite_runs_with_strength_and_mask_and_its_patches_leave_with_it(server
     assert relative_difference(half, full) > 1e-3 and relative_difference(half, before) > 1e-3
     assert torch.equal(masked, before)  # a zero mask: every shift is multiplied by 0
     assert torch.equal(after, before)  # and the attention patches are gone for the next prompt
+
+
+def test_attention_patches_shift_the_projection_inputs_in_the_hosts_transformer(comfy_path):
+    """In-process: the host's own SpatialTransformer with our attn1/attn2 patches equals the same
+    transformer with the shifts put on the inputs of its to_q / to_k / to_v layers (forward pre-hooks)."""
+    import comfy.ops
+    from comfy.ldm.modules.attention import SpatialTransformer
+
+    pack = host_env.import_pack_in_process()
+    protocol, units = pack.controlnet_core.protocol, pack.nodes.control_units
+    generator = torch.Generator().manual_seed(0)
+    block = SpatialTransformer(64, 2, 32, depth=2, context_dim=96, use_linear=True,
+                               operations=comfy.ops.disable_weight_init)
+    with torch.no_grad():
+        for parameter in block.parameters():  # disable_weight_init leaves them uninitialised
+            parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+    shifts = {(0, "attn1.to_k"): 0.3, (1, "attn1.to_q"): 0.5, (1, "attn1.to_v"): -0.2, (0, "attn2.to_q"): 0.7}
+    matrices = {key: scale * torch.randn(64, 64, generator=generator) / 8 for key, scale in shifts.items()}
+    contribution = protocol.Contribution()
+    for (transformer, projection), matrix in matrices.items():
+        contribution.add(protocol.Target.attention(4, transformer, projection), lambda t, m=matrix: t @ m)
+    x = torch.randn(2, 64, 4, 4, generator=generator)
+    context = torch.randn(2, 5, 96, generator=generator)
+    with torch.no_grad():
+        ours = block(x, context=context, transformer_options={"block": ("input", 4),
+                                                              "patches": units.attention_patches(contribution)})
+        handles = []
+        for (transformer, projection), matrix in matrices.items():
+            attention, linear = projection.split(".")
+            layer = getattr(getattr(block.transformer_blocks[transformer], attention), linear)
+            handles.append(layer.register_forward_pre_hook(lambda m, args, w=matrix: (args[0] + args[0] @ w,)))
+        expected = block(x, context=context, transformer_options={"block": ("input", 4)})
+        for handle in handles:
+            handle.remove()
+        plain = block(x, context=context, transformer_options={"block": ("input", 4)})
+    assert torch.equal(ours, expected)
+    assert (ours - plain).abs().max() > 1e-3
