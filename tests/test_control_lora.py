@@ -117,6 +117,18 @@ def test_the_base_weights_given_are_the_ones_used():
     model.use_base_unet(diffusers_state_dict(patched))  # diffusers names work too
     assert_same_residuals(model, build(patched), inputs)
     assert not torch.allclose(model.control(inputs.x, inputs.hint, inputs.timesteps, inputs.context).mid, before)
+    built = model.control
+    model.use_base_unet(diffusers_state_dict(patched))  # new tensors: rebuilt
+    assert model.control is not built
+    same = patched.state_dict()
+    model.use_base_unet(same)
+    built = model.control
+    model.use_base_unet(patched.state_dict())  # the same storage, unedited: kept (a run starts once per cond entry)
+    assert model.control is built
+    with torch.no_grad():
+        same["down_blocks.0.resnets.0.conv1.weight"].mul_(1.0)  # edited in place: rebuilt
+    model.use_base_unet(same)
+    assert model.control is not built
     model.use_base_unet(None)
     with pytest.raises(ControlNetError, match="has no base UNet yet"):
         model.control

@@ -112,15 +112,24 @@ class ControlLoraModel(ControlModel):
     def use_base_unet(self, unet_state_dict: Mapping[str, torch.Tensor] | None, name: str = "the base model") -> None:
         """Build the ControlNet from these UNet weights (ldm names, with or without the
         `diffusion_model.` / `model.diffusion_model.` prefix, or diffusers names), or drop it (None).
+        The same tensors, unedited since the last build, keep the ControlNet already built.
 
         Weights with an up/down pair become base + up·down; those stored in full are the file's;
         any other ControlNet weight is the base's own. Merged weights are computed in this model's
         dtype on its device; base tensors used as they are share memory with the base."""
         if unet_state_dict is None:
             self.__dict__["_control"] = None
+            self.__dict__["_built_from"] = None
             return
         base = unet_encoder_from_checkpoint(unet_state_dict, name)
         dtype, device = self.weight_dtype, self.device
+        # The host starts a run once per conditioning entry (cond and uncond): the same weights,
+        # unchanged (same storage, no in-place edit), need no second build (nor its memory).
+        built_from = (dtype, device, tuple((key, tensor.data_ptr(), tensor.dtype, tensor.device,
+                                            0 if tensor.is_inference() else tensor._version)
+                                           for key, tensor in sorted(base.items())))
+        if self._control is not None and self.__dict__.get("_built_from") == built_from:
+            return
         merged, problems = {}, []
         for key, parameter in self._architecture.state_dict().items():
             shape = tuple(parameter.shape)
@@ -145,6 +154,7 @@ class ControlLoraModel(ControlModel):
                                         operations=self.operations, compute_dtype=self.compute_dtype)
         control.source = self.source
         self.__dict__["_control"] = control
+        self.__dict__["_built_from"] = built_from
 
     @property
     def control(self) -> ControlNetModel:
