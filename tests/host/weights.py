@@ -175,6 +175,24 @@ LORA_TARGETS = {"input_blocks_1_1_transformer_blocks_0_attn1_to_q": 320, "input_
                 "input_blocks_7_1_transformer_blocks_0_attn1_to_v": 1280, "middle_block_1_transformer_blocks_0_attn1_to_q": 1280}
 
 
+def write_control_lora(path: Path, rank: int, seed: int = 40) -> Path:
+    """A full-size SD1.5 Control-LoRA of `rank` in Stability's layout (random values, fp32)."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = controlnet_shapes({k: v for k, v in SD15_UNET.items() if k != "out_channels"})
+    full = random_like_shapes({k: v for k, v in shapes.items() if not (
+        k.startswith(CONTROL_LORA_UNET_PARTS) and len(v) >= 2)}, seed=seed + 1, dtype=torch.float32)
+    control_lora = {"lora_controlnet": torch.zeros(1), **full}
+    for key, shape in shapes.items():
+        if key.startswith(CONTROL_LORA_UNET_PARTS) and len(shape) >= 2:
+            module, fan_in = key[:-len(".weight")], math.prod(shape[1:])
+            r = min(rank, shape[0], fan_in)
+            control_lora[module + ".up"] = 0.2 * torch.randn(shape[0], r, *([1] * (len(shape) - 2)),
+                                                             generator=generator) * math.sqrt(8 / r)
+            control_lora[module + ".down"] = torch.randn(r, *shape[1:], generator=generator) / math.sqrt(fan_in)
+    save_file({k: v.contiguous() for k, v in control_lora.items()}, str(path))
+    return path
+
+
 def ensure_lora_lllite_weights(folder: Path) -> dict[str, Path]:
     """A rank-8 SD1.5 Control-LoRA (Stability's layout: up/down for every ≥2-D UNet-copy weight, the
     rest in full), an SD1.5-shaped LLLite file (kohya's layout) and a LoRA for the model, created once."""
@@ -183,17 +201,8 @@ def ensure_lora_lllite_weights(folder: Path) -> dict[str, Path]:
     if marker.exists() and json.loads(marker.read_text()).get("version") == LORA_LLLITE_VERSION and \
             all(p.exists() for p in paths.values()):
         return paths
+    write_control_lora(paths["control_lora"], rank=8)
     generator = torch.Generator().manual_seed(40)
-    shapes = controlnet_shapes({k: v for k, v in SD15_UNET.items() if k != "out_channels"})
-    full = random_like_shapes({k: v for k, v in shapes.items() if not (
-        k.startswith(CONTROL_LORA_UNET_PARTS) and len(v) >= 2)}, seed=41, dtype=torch.float32)
-    control_lora = {"lora_controlnet": torch.zeros(1), **full}
-    for key, shape in shapes.items():
-        if key.startswith(CONTROL_LORA_UNET_PARTS) and len(shape) >= 2:
-            module, fan_in = key[:-len(".weight")], math.prod(shape[1:])
-            control_lora[module + ".up"] = 0.2 * torch.randn(shape[0], 8, *([1] * (len(shape) - 2)), generator=generator)
-            control_lora[module + ".down"] = torch.randn(8, *shape[1:], generator=generator) / math.sqrt(fan_in)
-    save_file({k: v.contiguous() for k, v in control_lora.items()}, str(paths["control_lora"]))
     lllite = {}
     for block, (depth, width) in LLLITE_SD15_BLOCKS.items():
         for projection in ("attn1_to_q", "attn1_to_k", "attn1_to_v", "attn2_to_q"):
