@@ -1,15 +1,16 @@
 """The CONTROL_NET object the host's sampler runs: a `comfy.controlnet.ControlBase` over a ControlStack.
 
 One `PackControl` carries every entry applied by one of our nodes (a single control or a whole
-stack), of any control system: ControlNet, T2I-Adapter, ControlNeXt, Control-LoRA, LLLite. It is shared by positive and
-negative, so the sampler batches cond and uncond into one call, and it evaluates all its entries
-in one `ControlStack.contributions` call whose per-image work (hint blocks, adapter features) is
-cached across steps. The contribution reaches the UNet three ways: the control dict get_control
-returns (skip, middle and encoder-stream additions), transformer patches registered on this call's
-options (ControlNeXt's stream function, LLLite's attention inputs) and weight hooks (ControlNeXt's UNet weights, applied by
-the host while this control is on the conditioning). Controls that were already on the
-conditioning (the host's own apply node, other packs) sit in `previous_controlnet` and are summed
-in, exactly as the host does.
+stack), of any control system: ControlNet, T2I-Adapter, ControlNeXt, Control-LoRA, LLLite. It is
+shared by positive and negative, so the sampler batches cond and uncond into one call, and it
+evaluates all its entries in one `ControlStack.contributions` call whose per-image work (hint
+blocks, adapter features, LLLite embeddings) is cached across steps. The contribution reaches the
+UNet three ways: the control dict get_control returns (skip, middle and encoder-stream additions),
+transformer patches registered on this call's options (ControlNeXt's stream function, LLLite's
+attention inputs) and weight hooks (ControlNeXt's UNet weights, applied by the host while this
+control is on the conditioning). Control-LoRA entries build their ControlNet in pre_run from the
+sampled model's UNet. Controls that were already on the conditioning (the host's own apply node,
+other packs) sit in `previous_controlnet` and are summed in, exactly as the host does.
 
 The same class is what our loader outputs, so the host's own "Apply ControlNet" node can use it:
 that node calls `copy().set_cond_hint(...)`, and an object with no units of its own then runs its
