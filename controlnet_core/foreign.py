@@ -25,23 +25,6 @@ def hunyuan_dit(shapes: Shapes, source: str) -> Identity | None:
                     advice=f"it drives a HunyuanDiT transformer, not an SD UNet: use {HOST_CONTROLNET_NODES}")
 
 
-def control_lora(shapes: Shapes, source: str) -> Identity | None:
-    if "lora_controlnet" not in shapes:
-        return None
-    family = "sd1" if "input_blocks.11.0.in_layers.0.weight" in shapes else "sdxl"
-    ranks = sorted({s[0] for k, s in shapes.items() if k.endswith(".down") and len(s) >= 2})
-    return Identity("Control-LoRA", f"rank {ranks[-1] if ranks else '?'}", "ldm (up/down pairs)", family,
-                    runs_here=False,
-                    advice=f"it is built from the sampled model's own UNet weights: use {HOST_CONTROLNET_NODES}")
-
-
-def lllite(shapes: Shapes, source: str) -> Identity | None:
-    if not any(k.startswith("lllite_unet") for k in shapes):
-        return None
-    modules = {k.split(".")[0] for k in shapes if k.startswith("lllite_unet")}
-    return Identity("LLLite", f"{len(modules)} attention modules", "kohya", "sdxl", runs_here=False,
-                    advice="it patches the UNet's attention layers: use kohya's ControlNet-LLLite-ComfyUI "
-                           "'LLLiteLoader' node (or ComfyUI-Advanced-ControlNet)")
 
 
 def dit_controlnets(shapes: Shapes, source: str) -> Identity | None:

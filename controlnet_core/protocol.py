@@ -10,6 +10,7 @@ subclasses `ControlModel`. The stack (stack.py) and the nodes know nothing else 
 - `additions(call, prepared, frames)`: what it adds to this UNet call, as `Addition`s, each tagged
   with one of its `slots` (the unit that per-slot weights and control modes scale);
 - `unet_weight_patches()`: UNet weights it shifts or replaces while it is applied (ControlNeXt);
+- `use_base_unet(weights)`: for controls built from the base UNet's own weights (Control-LoRA);
 - `check_fits(layout)`: refuse a base UNet it was not made for, naming both;
 - `fusion_key()` / `fused_additions(call, members)` (optional): entries whose models give the same
   key run in one forward of the model they share (several Union control types in one pass).
@@ -23,7 +24,11 @@ middle block, then the output blocks, which read the skips back deepest first):
   stored, so the skip and every later block see it (T2I-Adapter features);
 - `Target.stream(k)` / `Target.stream_middle()`: a *function of the hidden state* at that point,
   whose result is added to the stream after skip k was stored (skip untouched), or after the middle
-  block and its residuals (ControlNeXt's cross-normalised feature).
+  block and its residuals (ControlNeXt's cross-normalised feature);
+- `Target.attention(k, t, projection)`: a function of the tokens a projection of transformer block t
+  inside input block k (None: the middle block) reads, whose result is added to that projection's
+  input ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn2.to_q"; LLLite). Tokens are B×N×C, N the
+  block's h×w in row-major order.
 
 A tensor addition has the batch of the rows being controlled; a stream addition is a callable
 `hidden_state_rows -> tensor` that the stack evaluates when the UNet reaches that point.
@@ -40,12 +45,15 @@ from torch import nn
 from .errors import ControlNetError
 
 SKIP, MIDDLE, ENCODER, STREAM, STREAM_MIDDLE = "skip", "middle", "encoder", "stream", "stream_middle"
+ATTENTION = "attention"
+ATTENTION_PROJECTIONS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn2.to_q")
 
 
 @dataclass(frozen=True)
 class Target:
     kind: str
     block: int | None = None
+    part: tuple | None = None   # attention targets: (transformer block index, projection)
 
     @classmethod
     def skip(cls, index: int) -> "Target":
@@ -67,7 +75,24 @@ class Target:
     def stream_middle(cls) -> "Target":
         return cls(STREAM_MIDDLE)
 
+    @classmethod
+    def attention(cls, block: int | None, transformer: int, projection: str) -> "Target":
+        """The input of `projection` in transformer block `transformer` of input block `block`
+        (None: the middle block)."""
+        if projection not in ATTENTION_PROJECTIONS:
+            raise ValueError(f"attention projection: expected one of {ATTENTION_PROJECTIONS}, found {projection!r}")
+        return cls(ATTENTION, block, (int(transformer), projection))
+
+    @property
+    def attention_key(self) -> tuple:
+        """(("input", k) or ("middle", 0), transformer index, projection): the host's block naming."""
+        unet_block = ("middle", 0) if self.block is None else ("input", self.block)
+        return (unet_block, *self.part)
+
     def __str__(self) -> str:
+        if self.kind == ATTENTION:
+            where = "middle" if self.block is None else f"input {self.block}"
+            return f"attention {where} transformer {self.part[0]} {self.part[1]}"
         return self.kind if self.block is None else f"{self.kind} {self.block}"
 
 
@@ -298,6 +323,17 @@ class ControlModel(nn.Module):
         """UNet weights shifted or replaced while this control is applied (none by default)."""
         return {}
 
+    # Controls built from the base UNet's own weights (Control-LoRA) set this; the caller then gives
+    # them the weights of the model being sampled with `use_base_unet` before a run, None after it.
+    uses_base_unet: ClassVar[bool] = False
+
+    def use_base_unet(self, unet_state_dict: Mapping[str, torch.Tensor] | None, name: str = "the base model") -> None:
+        """Take (or, with None, drop) the base UNet's weights; only for `uses_base_unet` controls."""
+
+    def run_memory(self) -> int:
+        """Bytes a run allocates beyond the parameters (Control-LoRA: the ControlNet it builds)."""
+        return 0
+
     def check_fits(self, layout: UNetLayout) -> None:
         """Raise ControlNetError naming both models when this control cannot feed `layout`."""
         if layout.family is not None and layout.family != self.family:
@@ -326,6 +362,8 @@ class Contribution:
     encoder: dict[int, torch.Tensor] = field(default_factory=dict)
     # Stream points: block index k (after skip k is stored) or None (after the middle block).
     stream: dict[int | None, list[StreamFunction]] = field(default_factory=dict)
+    # Attention inputs, by Target.attention_key: functions of the tokens that projection reads.
+    attention: dict[tuple, list[StreamFunction]] = field(default_factory=dict)
 
     def add(self, target: Target, value: torch.Tensor | StreamFunction) -> None:
         if target.kind == SKIP:
@@ -336,11 +374,13 @@ class Contribution:
             self.encoder[target.block] = _sum(self.encoder.get(target.block), value)
         elif target.kind in (STREAM, STREAM_MIDDLE):
             self.stream.setdefault(target.block if target.kind == STREAM else None, []).append(value)
+        elif target.kind == ATTENTION:
+            self.attention.setdefault(target.attention_key, []).append(value)
         else:
             raise ValueError(f"unknown addition target {target}")
 
     def is_empty(self) -> bool:
-        return not (self.skips or self.encoder or self.stream) and self.middle is None
+        return not (self.skips or self.encoder or self.stream or self.attention) and self.middle is None
 
     def stream_addition(self, point: int | None, hidden: torch.Tensor) -> torch.Tensor | None:
         """Σ f(hidden) over the stream functions at `point` (each sees the same hidden state)."""
@@ -348,6 +388,26 @@ class Contribution:
         for function in self.stream.get(point, ()):
             total = _sum(total, function(hidden))
         return total
+
+    def attention_addition(self, key: tuple, tokens: torch.Tensor) -> torch.Tensor | None:
+        """Σ f(tokens) over the attention functions at `key` (Target.attention_key)."""
+        total = None
+        for function in self.attention.get(key, ()):
+            total = _sum(total, function(tokens))
+        return total
+
+
+def token_grid(latent_size: tuple[int, int], tokens: int) -> tuple[int, int]:
+    """(h, w) of a transformer block's token grid: the latent downscaled by a power of 2 the way the
+    UNet's stride-2 convs do (sides rounded up), with h·w == tokens."""
+    height, width = latent_size
+    factor = 1
+    while factor <= max(height, width):
+        grid = (-(-height // factor), -(-width // factor))
+        if grid[0] * grid[1] == tokens:
+            return grid
+        factor *= 2
+    raise ValueError(f"{tokens} tokens are no downscaled grid of the {height}×{width} latent")
 
 
 def _sum(total: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:

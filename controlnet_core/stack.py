@@ -6,7 +6,8 @@ weights. For a UNet call the stack runs only the entries that are on (inside the
 
     strength · mode weight[slot] · weights[slot] · mask · row scale · value
 
-where the mask is area-resized to the addition's resolution and the row scale is 1 on conditional
+where the mask is area-resized to the addition's resolution (for attention inputs, the token grid
+of that transformer block) and the row scale is 1 on conditional
 rows and `uncond_strength` (0 in "ControlNet is more important", and always 0 for a model that is
 `cond_only`, such as a shuffle ControlNet) on unconditional ones. Rows whose scale is 0 are not
 computed at all.
@@ -36,7 +37,7 @@ from .fast import ReusePolicy, deduplicated_additions, reused_additions
 from .hint import INTERPOLATIONS, RESIZE_MODES, as_image_batch, as_mask_batch, prepare_hint, prepare_mask
 from .modes import MODE_BALANCED, mode_settings
 from .protocol import (Addition, Contribution, ControlModel, FusedMember, HintSpec, UNetCall, UNetLayout,
-                       take_frames)
+                       take_frames, token_grid)
 
 MAX_STRENGTH = 10.0
 
@@ -288,7 +289,11 @@ class _EntryCall:
         out = value.to(self.x.dtype) * scale
         if self.row_scale is not None:
             out = out * self.row_scale.view(-1, *([1] * (out.ndim - 1)))
-        mask = self.mask_rows(*out.shape[-2:])
+        if out.ndim == 3:  # B×N×C tokens of a transformer block: the mask on its grid, row-major
+            mask = self.mask_rows(*token_grid(self.latent_size, out.shape[1]))
+            mask = None if mask is None else mask.flatten(2).transpose(1, 2)
+        else:
+            mask = self.mask_rows(*out.shape[-2:])
         if mask is not None:
             out = out * mask.to(device=out.device, dtype=out.dtype)
         if self.subset:

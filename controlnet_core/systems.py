@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import controlnet, controlnext, foreign, t2i_adapter, union
+from . import control_lora, controlnet, controlnext, foreign, lllite, t2i_adapter, union
 from .controlnet.loader import pools_by_name
 from .checkpoint_io import read_state_dict, read_tensor_shapes
 from .errors import CheckpointError
@@ -72,6 +72,19 @@ def _load_union(state, name, *, companion, companion_kind, base_unet, variant, g
     return union.load_union(state, source=name, **options)
 
 
+def _load_control_lora(state, name, *, companion, companion_kind, base_unet, variant, global_average_pooling,
+                       **options):
+    _refuse_extras(name, "Control-LoRA", companion=companion, variant=variant,
+                   global_average_pooling=global_average_pooling)
+    return control_lora.load_control_lora(state, base_unet=base_unet, **options)
+
+
+def _load_lllite(state, name, *, companion, companion_kind, base_unet, variant, global_average_pooling, **options):
+    _refuse_extras(name, "LLLite", companion=companion, variant=variant, base_unet=base_unet,
+                   global_average_pooling=global_average_pooling)
+    return lllite.load_lllite(state, **options)
+
+
 def _refuse_extras(name: str, system: str, **given) -> None:
     if given.get("companion") is not None:
         raise CheckpointError(f"{name} is a {system}, which takes no companion weight file; only ControlNeXt modules "
@@ -87,9 +100,9 @@ def _refuse_extras(name: str, system: str, **given) -> None:
 
 SYSTEMS: tuple[System, ...] = (
     System("HunyuanDiT ControlNet", foreign.hunyuan_dit),
-    System("Control-LoRA", foreign.control_lora),
+    System("Control-LoRA", control_lora.detect, _load_control_lora),
     System("Union", union.detect, _load_union),
-    System("LLLite", foreign.lllite),
+    System("LLLite", lllite.detect, _load_lllite),
     System("DiT ControlNets", foreign.dit_controlnets),
     System("ControlNeXt", controlnext.detect, _load_controlnext),
     System("ControlNet", controlnet.detect, _load_controlnet),
@@ -150,10 +163,11 @@ def load_control(source: Source, *, companion: Source | None = None, companion_k
     """Any control model the pack runs, from a file or state dict.
 
     companion: a ControlNeXt module's UNet weight subset (companion_kind "auto", "delta" or
-    "full"); base_unet: the base UNet's state dict, for diff ControlNets (`identify(...).needs_base_model`);
-    variant: force a ControlNeXt variant ("sdxl", "sd15", "sd15_old"); global_average_pooling: force a
-    ControlNet's pooling (shuffle) on or off, None = by file name; dtype: storage dtype (default the
-    file's); operations / compute_dtype: see controlnet_core.ops."""
+    "full"); base_unet: the base UNet's state dict, for diff ControlNets (`identify(...).needs_base_model`)
+    and Control-LoRA (which can also take it later, per run: ControlModel.use_base_unet); variant: force
+    a ControlNeXt variant ("sdxl", "sd15", "sd15_old"); global_average_pooling: force a ControlNet's
+    pooling (shuffle) on or off, None = by file name; dtype: storage dtype (default the file's);
+    operations / compute_dtype: see controlnet_core.ops."""
     name = _source_name(source)
     state = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
     if not isinstance(state, Mapping) or not state:

@@ -1,15 +1,16 @@
 """The CONTROL_NET object the host's sampler runs: a `comfy.controlnet.ControlBase` over a ControlStack.
 
 One `PackControl` carries every entry applied by one of our nodes (a single control or a whole
-stack), of any control system: ControlNet, T2I-Adapter, ControlNeXt. It is shared by positive and
-negative, so the sampler batches cond and uncond into one call, and it evaluates all its entries
-in one `ControlStack.contributions` call whose per-image work (hint blocks, adapter features) is
-cached across steps. The contribution reaches the UNet three ways: the control dict get_control
-returns (skip, middle and encoder-stream additions), transformer patches registered on this call's
-options (ControlNeXt's stream function) and weight hooks (ControlNeXt's UNet weights, applied by
-the host while this control is on the conditioning). Controls that were already on the
-conditioning (the host's own apply node, other packs) sit in `previous_controlnet` and are summed
-in, exactly as the host does.
+stack), of any control system: ControlNet, T2I-Adapter, ControlNeXt, Control-LoRA, LLLite. It is
+shared by positive and negative, so the sampler batches cond and uncond into one call, and it
+evaluates all its entries in one `ControlStack.contributions` call whose per-image work (hint
+blocks, adapter features, LLLite embeddings) is cached across steps. The contribution reaches the
+UNet three ways: the control dict get_control returns (skip, middle and encoder-stream additions),
+transformer patches registered on this call's options (ControlNeXt's stream function, LLLite's
+attention inputs) and weight hooks (ControlNeXt's UNet weights, applied by the host while this
+control is on the conditioning). Control-LoRA entries build their ControlNet in pre_run from the
+sampled model's UNet. Controls that were already on the conditioning (the host's own apply node,
+other packs) sit in `previous_controlnet` and are summed in, exactly as the host does.
 
 The same class is what our loader outputs, so the host's own "Apply ControlNet" node can use it:
 that node calls `copy().set_cond_hint(...)`, and an object with no units of its own then runs its
@@ -31,13 +32,13 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
 
-from ..controlnet_core import (ControlEntry, ControlModel, ControlStack, InputError, UNetLayout, load_control,
-                              load_t2i_adapter)
+from ..controlnet_core import (ControlEntry, ControlModel, ControlNetError, ControlStack, InputError, UNetLayout,
+                              load_control, load_t2i_adapter)
 from ..controlnet_core.controlnet import load_controlnet
 from ..controlnet_core.fast import speed_mode
 from ..controlnet_core.union import UnionControl, load_union
-from .control_units import (ControlUnit, add_transformer_patches, check_contribution, host_control_dict,
-                            sigma_in_range, stream_patches, sum_controls)
+from .control_units import (ControlUnit, add_transformer_patches, attention_patches, check_contribution,
+                            host_control_dict, sigma_in_range, stream_patches, sum_controls)
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +302,7 @@ class PackControl(comfy.controlnet.ControlBase):
             self._entry_ranges[id(entry)] = (float(percent_to_timestep_function(unit.start)),
                                              float(percent_to_timestep_function(unit.end)))
             entries.append(entry)
+        self._bind_base_unet(model, f"the base model {base_name}")
         self._stack = ControlStack(entries) if entries else None
 
     def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
@@ -329,12 +331,34 @@ class PackControl(comfy.controlnet.ControlBase):
             return previous
         names = ", ".join(sorted({unit.net.name for unit in self._run_units}))
         check_contribution(names, self._layout, contribution, x_noisy)
-        add_transformer_patches(transformer_options, stream_patches(contribution))
+        add_transformer_patches(transformer_options, {**stream_patches(contribution), **attention_patches(contribution)})
         num_blocks = self._layout.num_input_blocks if self._layout is not None else max(
             [*contribution.skips, *contribution.encoder, -1]) + 1
         return sum_controls(previous, host_control_dict(contribution, num_blocks))
 
+    def _base_unet_models(self, units: list[ControlUnit]) -> list[ControlModel]:
+        models = {id(unit.net.model): unit.net.model for unit in units
+                  if isinstance(unit.net, LoadedControl) and unit.net.model.uses_base_unet}
+        return list(models.values())
+
+    def _bind_base_unet(self, model, base_name: str) -> None:
+        """Controls built from the sampled model's UNet (Control-LoRA) get its weights as they are
+        now: the sampler has loaded the model with its patches (LoRAs) applied, as the host's own
+        ControlLora reads them."""
+        controls = self._base_unet_models(self._run_units)
+        if not controls:
+            return
+        unet = getattr(model, "diffusion_model", None)
+        if unet is None:
+            raise ControlNetError(f"{controls[0].label} is built from the base model's UNet weights, but "
+                                  f"{base_name} has no ldm UNet (diffusion_model)")
+        weights = unet.state_dict()
+        for control in controls:
+            control.use_base_unet(weights, base_name)
+
     def cleanup(self) -> None:
+        for control in self._base_unet_models(self._run_units):
+            control.use_base_unet(None)  # the ControlNet built for this run goes with it
         self._stack = None  # drops the cached per-image work with it
         self._run_units = []
         self._entry_ranges = {}
@@ -353,5 +377,6 @@ class PackControl(comfy.controlnet.ControlBase):
 
     def inference_memory_requirements(self, dtype) -> int:
         # Working memory of the forward passes is counted by the host with the UNet's; weights are
-        # counted through get_models. Nothing else to reserve beyond what the chain needs.
-        return super().inference_memory_requirements(dtype)
+        # counted through get_models. Controls that build a model per run (Control-LoRA) add it.
+        built = sum(control.run_memory() for control in self._base_unet_models(self.effective_units()))
+        return super().inference_memory_requirements(dtype) + built

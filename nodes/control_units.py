@@ -11,7 +11,9 @@ What the host's UNet (ComfyUI's openaimodel) reads, per call:
 - control["input"]: popped from the end after every input block and added in place before the
   skip is stored, so entry n-1-k is added after input block k;
 - transformer_options["patches"]["input_block_patch_after_skip"] / ["output_block_patch"]:
-  functions of the hidden state, called after skip k is stored and at each output block.
+  functions of the hidden state, called after skip k is stored and at each output block;
+- transformer_options["patches"]["attn1_patch"] / ["attn2_patch"]: the inputs of the attention
+  projections of each transformer block, before they are read.
 """
 from __future__ import annotations
 
@@ -105,6 +107,41 @@ def stream_patches(contribution: Contribution) -> dict[str, list[Callable]]:
 
         patches[OUTPUT_BLOCK_PATCH] = [after_middle]
     return patches
+
+
+ATTN1_PATCH, ATTN2_PATCH = "attn1_patch", "attn2_patch"
+
+
+def attention_patches(contribution: Contribution) -> dict[str, list[Callable]]:
+    """Host attn1/attn2 patches that add the contribution's attention-input functions (LLLite).
+
+    The host calls `patch(n, context_attn1, value_attn1, extra_options)` before self-attention,
+    where all three start as the block's normed hidden state and become the inputs of to_q, to_k
+    and to_v; `patch(n, context_attn2, value_attn2, extra_options)` before cross-attention, where
+    only n (to_q's input) is shifted. extra_options names the block ("input", k) / ("middle", 0)
+    and the transformer block index."""
+    if not contribution.attention:
+        return {}
+
+    def shifted(tensor, key):
+        added = contribution.attention_addition(key, tensor)
+        return tensor if added is None else tensor + added.to(tensor.dtype)
+
+    def attn1(n, context, value, extra_options):
+        block = extra_options.get("block")
+        if block is None:
+            return n, context, value
+        where = (tuple(block), extra_options.get("block_index", 0))
+        return (shifted(n, (*where, "attn1.to_q")), shifted(context, (*where, "attn1.to_k")),
+                shifted(value, (*where, "attn1.to_v")))
+
+    def attn2(n, context, value, extra_options):
+        block = extra_options.get("block")
+        if block is None:
+            return n, context, value
+        return shifted(n, (tuple(block), extra_options.get("block_index", 0), "attn2.to_q")), context, value
+
+    return {ATTN1_PATCH: [attn1], ATTN2_PATCH: [attn2]}
 
 
 def add_transformer_patches(transformer_options: dict, patches: dict[str, list[Callable]]) -> None:

@@ -1,5 +1,5 @@
 """ComfyUI nodes: LoadControlNet, ApplyControlNet, MultiControlStack, for every control system the
-pack runs (ControlNet, T2I-Adapter, ControlNeXt), mixed freely in one stack.
+pack runs (ControlNet, T2I-Adapter, ControlNeXt, Control-LoRA, LLLite), mixed freely in one stack.
 
 A thin layer: ComfyUI types in, controlnet_core entries out (see control_object.PackControl).
 
@@ -64,8 +64,8 @@ MASK_TOOLTIP = ("Optional MASK, same width and height as the control image: the 
 IMAGE_TOOLTIP = ("Control image (pose skeleton, depth map, edges…), values 0–1. Resized to the latent size ×8 "
                  "(see resize_mode). Batch 1 applies to every latent; N frames pair with N latents (more frames: the "
                  "first ones; a divisor of the latent batch repeats in turn).")
-CONTROL_NET_TOOLTIP = ("A ControlNet, T2I-Adapter or ControlNeXt from LoadControlNet, or a CONTROL_NET from the "
-                       "host's own Load ControlNet Model node.")
+CONTROL_NET_TOOLTIP = ("A ControlNet, T2I-Adapter, ControlNeXt, Control-LoRA or LLLite from LoadControlNet, or a "
+                       "CONTROL_NET from the host's own Load ControlNet Model node.")
 
 
 def controlnet_folders() -> list[str]:
@@ -182,12 +182,13 @@ class LoadControlNet:
     DESCRIPTION = ("Loads a control model from ComfyUI's controlnet models folder: a ControlNet (SD1.x, SD2.x, SDXL; "
                    "original or diffusers layout; shuffle ControlNets pooled as the original; diff ControlNets with "
                    "the base model on the optional `model` input), a T2I-Adapter (full, XL or light), a ControlNeXt "
-                   "module (with its UNet weights as the optional second file) or a Union ControlNet (xinsir, 6 types "
+                   "module (with its UNet weights as the optional second file), a Union ControlNet (xinsir, 6 types "
                    "or ProMax; pick each entry's type with the host's SetUnionControlNetType node, and entries of one "
-                   "Union file run in one pass). The output is a standard CONTROL_NET: it works with "
+                   "Union file run in one pass), a Control-LoRA (built at each run from the sampled model's UNet, "
+                   "LoRAs included) or a ControlNet-LLLite file. The output is a standard CONTROL_NET: it works with "
                    "this pack's apply nodes and with the host's own Apply ControlNet. Files the pack does not run "
-                   "(Control-LoRA, LLLite, style adapters, SD3/Flux ControlNets) get an error naming the node "
-                   "to use instead. Loading the same file twice reuses the weights.")
+                   "(style adapters, SD3/Flux ControlNets) get an error naming the node to use instead. Loading the "
+                   "same file twice reuses the weights.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("CONTROL_NET",)
     RETURN_NAMES = ("control_net",)

@@ -19,7 +19,9 @@ import controlnet_core
 from controlnet_core import CheckpointError, identify, load_control
 from tests.factories import diffusers_state_dict, ldm_state_dict, make_diffusers_controlnet, make_diffusers_unet, \
     save_state_dict
+from tests.test_control_lora import control_lora_and_oracle
 from tests.test_controlnext import ReferenceModuleA, ReferenceModuleB
+from tests.test_lllite import tiny_sdxl_lllite
 from tests.test_t2i_adapter import original_layout
 
 REPO = Path(controlnet_core.__file__).parent.parent
@@ -50,11 +52,14 @@ COADAPTER_FUSER = tiny(("task_embedding", (16, 768)), ("positional_embedding", (
 UNION = {**{k: torch.zeros(1) for k in ("controlnet_cond_embedding.conv_in.weight", "conv_in.weight")},
          **tiny(("task_embedding", (8, 320)), ("control_add_embedding.linear_1.bias", (1280,)),
                 ("transformer_layes.0.attn.in_proj_weight", (960, 320)))}
-CONTROL_LORA = tiny(("lora_controlnet", (1,)), ("input_blocks.1.0.in_layers.2.up", (320, 128, 1, 1)),
-                    ("input_blocks.1.0.in_layers.2.down", (128, 320, 3, 3)), ("zero_convs.0.0.weight", (320, 320, 1, 1)))
-LLLITE = tiny(("lllite_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.conditioning1.0.weight", (16, 3, 4, 4)),
-              ("lllite_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.down.0.weight", (16, 640)),
-              ("lllite_unet_middle_block_1_transformer_blocks_0_attn2_to_q.up.0.weight", (1280, 16)))
+# Incomplete files of these systems (a few keys only): recognised, and refused with the reason.
+CONTROL_LORA_PART = tiny(("lora_controlnet", (1,)), ("input_blocks.1.0.in_layers.2.up", (320, 128, 1, 1)),
+                         ("input_blocks.1.0.in_layers.2.down", (128, 320, 3, 3)),
+                         ("zero_convs.0.0.weight", (320, 320, 1, 1)))
+LLLITE_PART = tiny(("lllite_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.conditioning1.0.weight",
+                    (16, 3, 4, 4)),
+                   ("lllite_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.down.0.weight", (16, 640)),
+                   ("lllite_unet_middle_block_1_transformer_blocks_0_attn2_to_q.up.0.weight", (1280, 16)))
 FOREIGN = {
     "SD3 ControlNet": tiny(("controlnet_blocks.0.weight", (2,)), ("pos_embed_input.proj.weight", (2,))),
     "SD3.5 ControlNet": tiny(("controlnet_blocks.0.weight", (2,)), ("pos_embed_input.proj.weight", (2,)),
@@ -94,8 +99,12 @@ def cases() -> dict[str, tuple[dict, str, str, str | None, bool]]:
         "controlnext-sd15-old.safetensors": (dict(ReferenceModuleB().state_dict()), "ControlNeXt", "old", "sd1", True),
         "unet_weight_increasements.safetensors": (subset, "ControlNeXt", "UNet weight subset", "sd1", False),
         "controlnet-union-sdxl-promax.safetensors": (UNION, "Union", "ProMax", "sdxl", True),
-        "control-lora-canny-rank128.safetensors": (CONTROL_LORA, "Control-LoRA", "rank 128", "sdxl", False),
-        "kohya_controllllite_xl_canny.safetensors": (LLLITE, "LLLite", "modules", "sdxl", False),
+        "control-lora-canny-rank4.safetensors": (control_lora_and_oracle("sdxl")[0], "Control-LoRA", "rank 4",
+                                                  "sdxl", True),
+        "control-lora-part.safetensors": (CONTROL_LORA_PART, "Control-LoRA", "unreadable", None, False),
+        "kohya_controllllite_xl_canny.safetensors": (tiny_sdxl_lllite(), "LLLite", "32 attention modules", "sdxl",
+                                                     True),
+        "kohya_controllllite_part.safetensors": (LLLITE_PART, "LLLite", "unsupported", None, False),
     }
     families = {"SD3": "sd3", "Flux": "flux", "Qwen": "qwen-image", "Huny": "hunyuandit", "Stab": "stable-cascade"}
     for name, tensors in FOREIGN.items():
@@ -138,8 +147,8 @@ def test_diffusers_light_adapters_load_where_the_host_fails():
 @pytest.mark.parametrize("file_name, advice", [
     ("t2iadapter_style_sd14v1.pth", "'Load Style Model'"),
     ("coadapter-fuser-sd15v1.pth", "CoAdapter fuser"),
-    ("control-lora-canny-rank128.safetensors", "Load ControlNet Model"),
-    ("kohya_controllllite_xl_canny.safetensors", "LLLiteLoader"),
+    ("control-lora-part.safetensors", "missing tensor"),
+    ("kohya_controllllite_part.safetensors", "incomplete"),
     ("Flux_XLabs.safetensors", "diffusion transformer"),
     ("unet_weight_increasements.safetensors", "second input"),
 ])

@@ -151,7 +151,10 @@ MODEL_FILES = {"checkpoint": ("checkpoints", "v1-5-pruned-emaonly.safetensors"),
                "t2i_light": ("controlnet", "t2iadapter_color_sd14v1.safetensors"),
                "t2i_light_diffusers": ("controlnet", "t2iadapter_color_sd14v1_diffusers.safetensors"),
                "controlnext": ("controlnet", "controlnext_sd15_controlnet.safetensors"),
-               "controlnext_unet": ("controlnet", "controlnext_sd15_unet_weight_increasements.safetensors")}
+               "controlnext_unet": ("controlnet", "controlnext_sd15_unet_weight_increasements.safetensors"),
+               "control_lora": ("controlnet", "control-lora-rank8-sd15-random.safetensors"),
+               "lllite": ("controlnet", "controllllite_sd15_random.safetensors"),
+               "lora": ("loras", "lora_sd15_random.safetensors")}
 
 
 def prepare_base(base: Path, weights: dict[str, Path], images: dict[str, "object"] | None = None) -> Path:

@@ -163,6 +163,69 @@ def ensure_system_weights(folder: Path) -> dict[str, Path]:
     return paths
 
 
+LORA_LLLITE_FILES = {"control_lora": "control_lora_rank8_sd15_random.safetensors",
+                     "lllite": "lllite_sd15_random.safetensors", "lora": "lora_sd15_random.safetensors"}
+LORA_LLLITE_VERSION = 1
+CONTROL_LORA_UNET_PARTS = ("input_blocks.", "middle_block.", "time_embed.", "label_emb.")
+# An LLLite file laid out for SD1.5's transformer blocks (kohya's depth rule: input blocks ≤ 2 at the
+# latent size, 4-5 at 1/2, 7-8 at 1/4; SD1.5's middle block sits at 1/8, which no depth reaches).
+LLLITE_SD15_BLOCKS = {1: (1, 320), 2: (1, 320), 4: (2, 640), 5: (2, 640), 7: (3, 1280), 8: (3, 1280)}
+# A LoRA for the model (kohya names) on attention projections of the encoder the Control-LoRA copies.
+LORA_TARGETS = {"input_blocks_1_1_transformer_blocks_0_attn1_to_q": 320, "input_blocks_4_1_transformer_blocks_0_attn1_to_k": 640,
+                "input_blocks_7_1_transformer_blocks_0_attn1_to_v": 1280, "middle_block_1_transformer_blocks_0_attn1_to_q": 1280}
+
+
+def write_control_lora(path: Path, rank: int, seed: int = 40) -> Path:
+    """A full-size SD1.5 Control-LoRA of `rank` in Stability's layout (random values, fp32)."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = controlnet_shapes({k: v for k, v in SD15_UNET.items() if k != "out_channels"})
+    full = random_like_shapes({k: v for k, v in shapes.items() if not (
+        k.startswith(CONTROL_LORA_UNET_PARTS) and len(v) >= 2)}, seed=seed + 1, dtype=torch.float32)
+    control_lora = {"lora_controlnet": torch.zeros(1), **full}
+    for key, shape in shapes.items():
+        if key.startswith(CONTROL_LORA_UNET_PARTS) and len(shape) >= 2:
+            module, fan_in = key[:-len(".weight")], math.prod(shape[1:])
+            r = min(rank, shape[0], fan_in)
+            control_lora[module + ".up"] = 0.2 * torch.randn(shape[0], r, *([1] * (len(shape) - 2)),
+                                                             generator=generator) * math.sqrt(8 / r)
+            control_lora[module + ".down"] = torch.randn(r, *shape[1:], generator=generator) / math.sqrt(fan_in)
+    save_file({k: v.contiguous() for k, v in control_lora.items()}, str(path))
+    return path
+
+
+def ensure_lora_lllite_weights(folder: Path) -> dict[str, Path]:
+    """A rank-8 SD1.5 Control-LoRA (Stability's layout: up/down for every ≥2-D UNet-copy weight, the
+    rest in full), an SD1.5-shaped LLLite file (kohya's layout) and a LoRA for the model, created once."""
+    paths = {key: folder / name for key, name in LORA_LLLITE_FILES.items()}
+    marker = folder / "lora_lllite.json"
+    if marker.exists() and json.loads(marker.read_text()).get("version") == LORA_LLLITE_VERSION and \
+            all(p.exists() for p in paths.values()):
+        return paths
+    write_control_lora(paths["control_lora"], rank=8)
+    generator = torch.Generator().manual_seed(40)
+    lllite = {}
+    for block, (depth, width) in LLLITE_SD15_BLOCKS.items():
+        for projection in ("attn1_to_q", "attn1_to_k", "attn1_to_v", "attn2_to_q"):
+            name = f"lllite_unet_input_blocks_{block}_1_transformer_blocks_0_{projection}"
+            convs = [(16, 3, 4)] + {1: [(32, 16, 2)], 2: [(32, 16, 4)], 3: [(16, 16, 4), (32, 16, 2)]}[depth]
+            for index, (cout, cin, kernel) in enumerate(convs):
+                lllite[f"{name}.conditioning1.{2 * index}.weight"] = torch.randn(
+                    cout, cin, kernel, kernel, generator=generator) / math.sqrt(cin * kernel * kernel)
+                lllite[f"{name}.conditioning1.{2 * index}.bias"] = 0.1 * torch.randn(cout, generator=generator)
+            for part, (cout, cin) in (("down", (64, width)), ("mid", (64, 96)), ("up", (width, 64))):
+                lllite[f"{name}.{part}.0.weight"] = torch.randn(cout, cin, generator=generator) / math.sqrt(cin)
+                lllite[f"{name}.{part}.0.bias"] = 0.1 * torch.randn(cout, generator=generator)
+    save_file(lllite, str(paths["lllite"]))
+    lora = {}
+    for name, width in LORA_TARGETS.items():
+        lora[f"lora_unet_{name}.lora_down.weight"] = torch.randn(4, width, generator=generator) / math.sqrt(width)
+        lora[f"lora_unet_{name}.lora_up.weight"] = 0.5 * torch.randn(width, 4, generator=generator)
+        lora[f"lora_unet_{name}.alpha"] = torch.tensor(4.0)
+    save_file(lora, str(paths["lora"]))
+    marker.write_text(json.dumps({"version": LORA_LLLITE_VERSION}))
+    return paths
+
+
 def ensure_weights(folder: Path) -> dict[str, Path]:
     """Create (once; cached by FORMAT_VERSION) the checkpoint and ControlNet files in `folder`, and the
     other systems' files (ensure_system_weights)."""
@@ -172,7 +235,7 @@ def ensure_weights(folder: Path) -> dict[str, Path]:
     marker = folder / "complete.json"
     if marker.exists() and json.loads(marker.read_text()).get("version") == FORMAT_VERSION and \
             all(p.exists() for p in paths.values()):
-        return {**paths, **ensure_system_weights(folder)}
+        return {**paths, **ensure_system_weights(folder), **ensure_lora_lllite_weights(folder)}
     save_file(random_like_shapes(checkpoint_shapes(), seed=1), str(paths["checkpoint"]))
     control = controlnet_shapes({k: v for k, v in SD15_UNET.items() if k != "out_channels"})
     for seed, key in enumerate(CONTROLNETS, start=10):
@@ -181,7 +244,7 @@ def ensure_weights(folder: Path) -> dict[str, Path]:
     sdxl = random_like_shapes(controlnet_shapes(SDXL_SMALL_CONTROLNET), seed=20)
     save_file({f"control_model.{k}": v for k, v in sdxl.items()}, str(paths["sdxl"]))
     marker.write_text(json.dumps({"version": FORMAT_VERSION}))
-    return {**paths, **ensure_system_weights(folder)}
+    return {**paths, **ensure_system_weights(folder), **ensure_lora_lllite_weights(folder)}
 
 
 # ---- Union ControlNets (xinsir ControlNet++) ------------------------------------------------------------
