@@ -51,6 +51,7 @@ class FrameWindow:
     full_length: int | None = None   # frames in the whole video, when the sampler says
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
         if not self.indices or min(self.indices) < 0:
             raise InputError(f"context window: expected frame indices ≥ 0, found {list(self.indices)}")
         if self.full_length is not None and max(self.indices) >= self.full_length:
