@@ -283,7 +283,7 @@ class PackControl(comfy.controlnet.ControlBase):
         contribution = self._stack.contributions(x_in, ms.timestep(t), context, y=y, active=is_active,
                                                  chunk_kinds=transformer_options.get("cond_or_uncond"),
                                                  layout=self._layout, keyframes=self._keyframe_state(sigma),
-                                                 window=window_from_options(transformer_options))
+                                                 window=self._window(x_noisy, transformer_options))
         if contribution is None:
             return previous
         names = ", ".join(sorted({unit.net.name for unit in self._run_units}))
@@ -292,6 +292,16 @@ class PackControl(comfy.controlnet.ControlBase):
         num_blocks = self._layout.num_input_blocks if self._layout is not None else max(
             [*contribution.skips, *contribution.encoder, -1]) + 1
         return sum_controls(previous, host_control_dict(contribution, num_blocks))
+
+    @staticmethod
+    def _window(x_noisy, transformer_options: dict):
+        """The video frames this call covers, when the sampler runs a context window whose length
+        matches the call's rows per cond/uncond chunk (a window left over from another call is ignored)."""
+        window = window_from_options(transformer_options)
+        chunks = len(transformer_options.get("cond_or_uncond") or [0])
+        if window is None or len(window.indices) * chunks != x_noisy.shape[0]:
+            return None
+        return window
 
     def _keyframe_state(self, sigma):
         """Each entry's keyframe state at this sigma: a keyframe is reached when the sigma is no
