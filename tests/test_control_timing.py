@@ -287,3 +287,55 @@ def test_control_modes_still_apply_under_windows_and_keyframes():
     entry = ControlEntry(probe, frames_image(4), mode=MODE_CONTROLNET, keyframes=KeyframeGroup([Keyframe(0.0, 0.5)]))
     result = run([entry], batch=4, percent=0.5, window=FrameWindow((2, 3), 4))
     assert row_values(result.skips[0]) == [1.5, 2.0, 0.0, 0.0]
+
+
+# ---- every system follows the window (real tiny models) -------------------------------------------------
+
+def tiny_adapter():
+    from controlnet_core import load_t2i_adapter
+    from tests.test_t2i_adapter import diffusers_adapter
+
+    return load_t2i_adapter({k: v.clone() for k, v in diffusers_adapter("full").state_dict().items()})
+
+
+def tiny_controlnext():
+    from controlnet_core.controlnext.config import SD15
+    from tests.factories import randomize_
+
+    config = type(MODULE_A_CONFIG)(**{**MODULE_A_CONFIG.__dict__, "final_out_channels": 32, "variant": SD15})
+    return randomize_(ControlNeXtModel(config), seed=4).eval()
+
+
+def evaluated(contribution, hidden: torch.Tensor) -> list[torch.Tensor]:
+    """Every tensor a contribution holds, stream functions evaluated on `hidden`, in a fixed order."""
+    tensors = [contribution.skips[k] for k in sorted(contribution.skips)]
+    tensors += [contribution.encoder[k] for k in sorted(contribution.encoder)]
+    tensors += [] if contribution.middle is None else [contribution.middle]
+    for point in sorted(contribution.stream, key=str):
+        tensors.append(contribution.stream_addition(point, hidden))
+    return tensors
+
+
+@pytest.mark.parametrize("make_model", [tiny_adapter, tiny_controlnext], ids=["T2I-Adapter", "ControlNeXt"])
+def test_every_system_gives_each_window_row_its_own_frames_control(make_model):
+    """8 distinct control frames, the window (4, 5, 6, 7): row r of the windowed call equals a call
+    with only frame 4 + r and only latent row r. (Batch 4 against batch 1 convolutions may differ in
+    the last bits, hence the tolerance; the position-paired frames 0–3 differ by far more.)"""
+    from tests.test_t2i_adapter import layout_of
+
+    model, layout = make_model(), layout_of("sd1")
+    generator = torch.Generator().manual_seed(7)
+    frames = torch.rand(8, 64, 64, 3, generator=generator)
+    x, context = torch.randn(4, 4, 8, 8, generator=generator), torch.randn(4, 5, 768, generator=generator)
+    hidden = torch.randn(4, 32, 4, 4, generator=generator)
+    timesteps = torch.full((4,), 400.0)
+    window = FrameWindow((4, 5, 6, 7), 8)
+    batched = evaluated(ControlStack([ControlEntry(model, frames)]).contributions(
+        x, timesteps, context, layout=layout, window=window), hidden)
+    assert batched
+    for row, frame in enumerate(window.indices):
+        for image, should_match in ((frames[frame:frame + 1], True), (frames[row:row + 1], False)):
+            alone = evaluated(ControlStack([ControlEntry(model, image)]).contributions(
+                x[row:row + 1], timesteps[:1], context[row:row + 1], layout=layout), hidden[row:row + 1])
+            worst = max(((a[row] - b[0]).abs().max() / b.abs().max()).item() for a, b in zip(batched, alone))
+            assert (worst <= 1e-5) == should_match, (row, frame, should_match, worst)
