@@ -319,6 +319,20 @@ class ControlModel(nn.Module):
         group shares, and the members' combined mask, to the result."""
         raise NotImplementedError(f"{self.system} has no fused forward")
 
+    def slot_targets(self, layout: UNetLayout | None = None) -> tuple[Target | None, ...]:
+        """Where each slot adds on `layout` (else the family's standard UNet), as far as the system
+        fixes it; per-block weight presets (weights.py) read this. The default reads the conventional
+        slot names: 'skip i' is `Target.skip(i)`, 'middle' is `Target.middle()`, any other slot None
+        (a place no preset can name). Systems whose slots are named otherwise override it."""
+        targets: list[Target | None] = []
+        for name in self.slots:
+            kind, _, index = name.partition(" ")
+            if kind == SKIP and index.isdigit():
+                targets.append(Target.skip(int(index)))
+            else:
+                targets.append(Target.middle() if name == MIDDLE else None)
+        return tuple(targets)
+
     def unet_weight_patches(self) -> dict[str, WeightPatch]:
         """UNet weights shifted or replaced while this control is applied (none by default)."""
         return {}

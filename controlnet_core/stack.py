@@ -7,24 +7,27 @@ weights. For a UNet call the stack runs only the entries that are on (inside the
     strength · mode weight[slot] · weights[slot] · mask · row scale · value
 
 where the mask is area-resized to the addition's resolution (for attention inputs, the token grid
-of that transformer block) and the row scale is 1 on conditional
-rows and `uncond_strength` (0 in "ControlNet is more important", and always 0 for a model that is
-`cond_only`, such as a shuffle ControlNet) on unconditional ones. Rows whose scale is 0 are not
-computed at all.
+of that transformer block) and the row scale is 1 on conditional rows and `uncond_strength` (0 in
+"ControlNet is more important", and always 0 for a model that is `cond_only`, such as a shuffle
+ControlNet) on unconditional ones. Rows whose scale is 0 are not computed at all. `weights` may be a
+preset (weights.py); keyframes (keyframes.py) multiply their strength, weights, mask and uncond
+multiplier in at each point of the schedule, inside the entry's range; sparse controls leave unlisted
+frames' rows out (context.py).
 
 Entries whose models share a fusion key (protocol.py: e.g. several control types of one Union
 file) run as one group in one forward of that model; each entry's strength and mask then act inside
-the model on its own part, and the group's shared slot weights and row scale on the result.
+the model on its own part, and the group's shared slot weights and row scale on the result. Entries
+under keyframes or with sparse frames run on their own.
 
 Batches, one rule for every system, control images and masks alike (the host's own rule, see
-`pair_frames`): the latent batch holds one chunk per entry of `chunk_kinds` (the host batches cond
-and uncond together; 0 = cond, 1 = uncond), each of `per_chunk` latents, and latent j of every
-chunk pairs with the same frame.
+`context.pair_frames`): the latent batch holds one chunk per entry of `chunk_kinds` (the host batches
+cond and uncond together; 0 = cond, 1 = uncond), each of `per_chunk` latents, and latent j of every
+chunk pairs with the same frame; in a context window, with the frame of the window's latent j.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,12 +35,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .context import FrameWindow, check_frame_indices, pair_frames, row_frames  # noqa: F401 (pair_frames: re-exported)
 from .errors import InputError
 from .fast import ReusePolicy, deduplicated_additions, reused_additions
 from .hint import INTERPOLATIONS, RESIZE_MODES, as_image_batch, as_mask_batch, prepare_hint, prepare_mask
+from .keyframes import NEUTRAL, KeyframeGroup, KeyframeState
 from .modes import MODE_BALANCED, mode_settings
 from .protocol import (Addition, Contribution, ControlModel, FusedMember, HintSpec, UNetCall, UNetLayout,
                        take_frames, token_grid)
+from .weights import ControlWeights
 
 MAX_STRENGTH = 10.0
 
@@ -56,24 +62,6 @@ def check_strength(value: float, name: str = "strength") -> float:
     return value
 
 
-def pair_frames(frames: int, per_chunk: int, chunks: int = 1, what: str = "control image") -> torch.Tensor:
-    """Which frame each latent row uses, for `chunks` chunks of `per_chunk` latents (the host's
-    `broadcast_image_to` rule): 1 frame serves every latent; with at least `per_chunk` frames latent
-    j takes frame j (frames past `per_chunk` are unused, as in the host); a divisor of `per_chunk`
-    repeats in turn (0, 1, 0, 1…). Any other count cannot pair and is refused."""
-    if frames == 1:
-        index = torch.zeros(per_chunk, dtype=torch.long)
-    elif frames >= per_chunk:
-        index = torch.arange(per_chunk)
-    elif per_chunk % frames == 0:
-        index = torch.arange(per_chunk) % frames
-    else:
-        raise InputError(f"{what} batch of {frames} does not pair with the latent batch of {per_chunk}: expected 1 "
-                         f"(used for every latent), {per_chunk} (one per latent; more are cut to the first "
-                         f"{per_chunk}) or a divisor of {per_chunk} (repeated in turn)")
-    return index.repeat(chunks)
-
-
 @dataclass(eq=False)
 class ControlEntry:
     model: ControlModel
@@ -82,13 +70,17 @@ class ControlEntry:
     start: float = 0.0                        # fraction of the schedule where the control starts
     end: float = 1.0
     mask: torch.Tensor | np.ndarray | None = None  # H×W or B×H×W, soft values allowed
-    weights: Sequence[float] | None = None    # one per slot of the model (model.slots), on top of the mode's
+    weights: Sequence[float] | ControlWeights | None = None  # one per slot of the model (model.slots) or a
+                                              # preset (weights.py), on top of the mode's
     mode: str = MODE_BALANCED                 # control mode (modes.py)
     resize_mode: str = "crop_and_resize"
     interpolation: str = "nearest-exact"
     uncond_strength: float = 1.0              # multiplier on uncond rows, on top of the mode's
     enabled: bool = True
     reuse: ReusePolicy | None = None          # fast mode (fast.py, not exact): reuse additions across steps
+    keyframes: KeyframeGroup | None = None    # strength/mask/weights over the schedule (keyframes.py)
+    frame_indices: Sequence[int] | None = None  # sparse control: the latent frame of each control frame (context.py)
+    layout: UNetLayout | None = None          # the base UNet, for weight presets (else the family's standard)
     _prepared_cache: dict = field(default_factory=dict, init=False, repr=False)
     _mask_cache: dict = field(default_factory=dict, init=False, repr=False)
     _reuse_states: list = field(default_factory=list, init=False, repr=False)
@@ -108,6 +100,10 @@ class ControlEntry:
         if self.mask is not None:
             self.mask = as_mask_batch(self.mask)
         slots = self.model.slots
+        weights_uncond = 1.0
+        if isinstance(self.weights, ControlWeights):
+            resolved = self.weights.resolve(self.model, self.layout)
+            self.weights, weights_uncond = resolved.slots, resolved.uncond_multiplier
         if self.weights is not None:
             self.weights = tuple(float(w) for w in self.weights)
             if len(self.weights) != len(slots) or not all(math.isfinite(w) and w >= 0 for w in self.weights):
@@ -117,7 +113,17 @@ class ControlEntry:
         mode_weights = settings.weights or (1.0,) * len(slots)
         user_weights = self.weights or (1.0,) * len(slots)
         self.slot_weights = tuple(a * b for a, b in zip(mode_weights, user_weights))
-        self.uncond_scale = 0.0 if self.model.cond_only else self.uncond_strength * settings.uncond_multiplier
+        self.uncond_scale = 0.0 if self.model.cond_only else \
+            self.uncond_strength * settings.uncond_multiplier * weights_uncond
+        self.resolved_keyframes = None if not self.keyframes else self.keyframes.resolve(self.model, self.layout)
+        if self.frame_indices is not None:
+            self.frame_indices = check_frame_indices(self.frame_indices, self.image.shape[0])
+
+    def keyframe_state(self, percent: float | None, reached: Callable[[float], bool] | None = None) -> KeyframeState:
+        """What the keyframes say at `percent` of the schedule (neutral without keyframes or percent)."""
+        if self.resolved_keyframes is None or percent is None:
+            return NEUTRAL
+        return self.resolved_keyframes.state(percent, reached)
 
     def is_active(self, percent: float | None) -> bool:
         if not self.enabled or self.strength == 0.0:
@@ -145,15 +151,17 @@ class ControlEntry:
                 self._prepared_cache = {key: model.prepare(hint.to(device=device, dtype=model.dtype))}
         return self._prepared_cache[key]
 
-    def mask_at(self, latent_h: int, latent_w: int, height: int, width: int) -> torch.Tensor:
-        """The mask placed like the control image, area-resized to one addition's resolution (area
-        averaging keeps soft edges honest)."""
-        full_key = (latent_h, latent_w)
+    def mask_at(self, latent_h: int, latent_w: int, height: int, width: int,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The mask (the entry's, or a keyframe's) placed like the control image, area-resized to one
+        addition's resolution (area averaging keeps soft edges honest)."""
+        mask = self.mask if mask is None else mask
+        full_key = (id(mask), latent_h, latent_w)
         if full_key not in self._mask_cache:
             spec = self.hint_spec(latent_h, latent_w)
-            self._mask_cache[full_key] = prepare_mask(self.mask, tuple(self.image.shape[1:3]), spec.height, spec.width,
+            self._mask_cache[full_key] = prepare_mask(mask, tuple(self.image.shape[1:3]), spec.height, spec.width,
                                                       self.resize_mode, latent_size=(latent_h, latent_w))
-        key = (latent_h, latent_w, height, width)
+        key = (*full_key, height, width)
         if key not in self._mask_cache:
             self._mask_cache[key] = F.interpolate(self._mask_cache[full_key], size=(height, width), mode="area")
         return self._mask_cache[key]
@@ -197,10 +205,14 @@ class ControlStack:
                       y: torch.Tensor | None = None, *, percent: float | None = None,
                       active: Callable[[ControlEntry], bool] | None = None,
                       chunk_kinds: Sequence[int] | None = None,
-                      layout: UNetLayout | None = None) -> Contribution | None:
+                      layout: UNetLayout | None = None,
+                      keyframes: Callable[[ControlEntry], KeyframeState] | None = None,
+                      window: FrameWindow | None = None) -> Contribution | None:
         """What the active entries add to one UNet call with latent `x` (B×C×h×w, input scaling
         applied), or None when nothing is on. Tensors are in x's dtype. `layout` describes the base
-        UNet (where encoder features go); without it each control assumes its family's standard UNet."""
+        UNet (where encoder features go); without it each control assumes its family's standard UNet.
+        `keyframes(entry)` gives each entry's keyframe state for this call (default: at `percent`);
+        `window` names the latent frames of the video this call covers (context.py)."""
         entries = self.active_entries(percent, active)
         if not entries:
             return None
@@ -211,11 +223,15 @@ class ControlStack:
         per_chunk = batch // chunks
         timesteps = timesteps.reshape(-1).expand(batch) if timesteps.numel() == 1 else timesteps.reshape(-1)
         total = Contribution()
-        for group in fusion_groups(entries):
+        states = {id(entry): keyframes(entry) if keyframes is not None else entry.keyframe_state(percent)
+                  for entry in entries}
+        entries = [entry for entry in entries if states[id(entry)].strength != 0.0]  # faded out: nothing computed
+        for group in fusion_groups(entries, states):
+            args = (x, timesteps, context, y, chunk_kinds, per_chunk, layout)
             if len(group) == 1:
-                _EntryCall(group[0], x, timesteps, context, y, chunk_kinds, per_chunk, layout).add_to(total)
+                _EntryCall(group[0], *args, states[id(group[0])], window).add_to(total)
             else:
-                _FusedCall(group, x, timesteps, context, y, chunk_kinds, per_chunk, layout).add_to(total)
+                _FusedCall(group, *args, NEUTRAL, window).add_to(total)
         return None if total.is_empty() else total
 
     def residuals(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
@@ -238,14 +254,20 @@ class _EntryCall:
     """One entry's additions to one UNet call: rows, frames, scaling, masks."""
 
     def __init__(self, entry: ControlEntry, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                 y: torch.Tensor | None, chunk_kinds: list[int], per_chunk: int, layout: UNetLayout | None) -> None:
+                 y: torch.Tensor | None, chunk_kinds: list[int], per_chunk: int, layout: UNetLayout | None,
+                 state: KeyframeState = NEUTRAL, window: FrameWindow | None = None) -> None:
         self.entry, self.x, self.timesteps, self.context, self.y, self.layout = entry, x, timesteps, context, y, layout
+        self.state = state
         chunks = len(chunk_kinds)
         self.batch, self.latent_size = x.shape[0], tuple(x.shape[-2:])
-        self.frames = pair_frames(entry.image.shape[0], per_chunk, chunks)
-        self.mask_frames = None if entry.mask is None else pair_frames(entry.mask.shape[0], per_chunk, chunks, "mask")
-        row_scale = torch.tensor([1.0 if kind == 0 else entry.uncond_scale for kind in chunk_kinds
+        self.frames, controlled = row_frames(entry.image.shape[0], per_chunk, chunks, window, entry.frame_indices)
+        self.masks = [(mask, row_frames(mask.shape[0], per_chunk, chunks, window, what="mask")[0])
+                      for mask in (entry.mask, state.mask) if mask is not None]
+        uncond_scale = entry.uncond_scale * state.uncond_multiplier
+        row_scale = torch.tensor([1.0 if kind == 0 else uncond_scale for kind in chunk_kinds
                                   for _ in range(per_chunk)], dtype=x.dtype, device=x.device)
+        if controlled is not None:  # sparse control: frames without a control image get none
+            row_scale = row_scale * controlled.to(row_scale.device)
         self.rows = row_scale.nonzero().flatten()
         self.subset = self.rows.numel() < self.batch  # only the rows that receive control are computed
         self.row_scale = None if bool((row_scale == 1).all()) else row_scale[self.rows]
@@ -271,6 +293,9 @@ class _EntryCall:
             additions = reused_additions(entry.reuse, entry._reuse_states, model, call, prepared, frames)
         for addition in additions:
             scale = entry.strength * entry.slot_weights[addition.slot]
+            if self.state is not NEUTRAL:
+                weights = self.state.weights
+                scale = scale * self.state.strength * (1.0 if weights is None else weights[addition.slot])
             if callable(addition.value):
                 total.add(addition.target, self._stream_function(addition, scale))
             else:
@@ -289,12 +314,11 @@ class _EntryCall:
         out = value.to(self.x.dtype) * scale
         if self.row_scale is not None:
             out = out * self.row_scale.view(-1, *([1] * (out.ndim - 1)))
-        if out.ndim == 3:  # B×N×C tokens of a transformer block: the mask on its grid, row-major
-            mask = self.mask_rows(*token_grid(self.latent_size, out.shape[1]))
-            mask = None if mask is None else mask.flatten(2).transpose(1, 2)
+        if out.ndim == 3:  # B×N×C tokens of a transformer block: the masks on its grid, row-major
+            masks = [m.flatten(2).transpose(1, 2) for m in self.row_masks(*token_grid(self.latent_size, out.shape[1]))]
         else:
-            mask = self.mask_rows(*out.shape[-2:])
-        if mask is not None:
+            masks = self.row_masks(*out.shape[-2:])
+        for mask in masks:  # the entry's mask, then the keyframe's
             out = out * mask.to(device=out.device, dtype=out.dtype)
         if self.subset:
             full = out.new_zeros((self.batch, *out.shape[1:]))
@@ -302,23 +326,34 @@ class _EntryCall:
             out = full
         return out
 
+    def row_masks(self, height: int, width: int) -> list[torch.Tensor]:
+        """The entry's mask and its keyframe's (those it has) for the controlled rows at this
+        resolution, each rows×1×height×width."""
+        rows = self.rows.cpu()
+        return [take_frames(self.entry.mask_at(*self.latent_size, height, width, source), frames[rows])
+                for source, frames in self.masks]
+
     def mask_rows(self, height: int, width: int) -> torch.Tensor | None:
-        """The entry's mask for the controlled rows at this resolution (rows×1×height×width), or None."""
-        if self.entry.mask is None:
-            return None
-        mask = self.entry.mask_at(*self.latent_size, height, width)
-        return take_frames(mask, self.mask_frames[self.rows.cpu()])
+        """The product of `row_masks`, or None when the entry has no mask."""
+        combined = None
+        for mask in self.row_masks(height, width):
+            combined = mask if combined is None else combined * mask
+        return combined
 
 
-def fusion_groups(entries: Sequence[ControlEntry]) -> list[list[ControlEntry]]:
+def fusion_groups(entries: Sequence[ControlEntry],
+                  states: Mapping[int, KeyframeState] | None = None) -> list[list[ControlEntry]]:
     """The entries in stack order, those that run in one forward gathered into one group (at the
     place of the first): same `fusion_key` of their models (e.g. one Union network), and the same
-    per-slot weights and uncond scale, which then act on the shared result. Others are alone."""
+    per-slot weights and uncond scale, which then act on the shared result. Others are alone, and
+    so is an entry whose keyframe state at this call (`states`, by id) is not neutral or whose
+    control is sparse (its rows are its own)."""
     groups: list[list[ControlEntry]] = []
     by_key: dict[Any, list[ControlEntry]] = {}
     for entry in entries:
         key = entry.model.fusion_key()
-        if key is None:
+        own_rows_or_state = entry.frame_indices is not None or (states is not None and states[id(entry)] is not NEUTRAL)
+        if key is None or own_rows_or_state:
             groups.append([entry])
             continue
         key = (key, entry.slot_weights, entry.uncond_scale)
@@ -354,11 +389,11 @@ class _FusedCall(_EntryCall):
             else:
                 total.add(addition.target, self._finish(addition.value, scale))
 
-    def mask_rows(self, height: int, width: int) -> torch.Tensor | None:
+    def row_masks(self, height: int, width: int) -> list[torch.Tensor]:
         masks = [part.mask_rows(height, width) for part in self.members]
         if any(mask is None for mask in masks):
-            return None
+            return []
         combined = masks[0]
         for mask in masks[1:]:
             combined = torch.maximum(combined, mask)
-        return combined
+        return [combined]

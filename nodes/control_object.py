@@ -35,10 +35,12 @@ import comfy.ops
 from ..controlnet_core import (ControlEntry, ControlModel, ControlNetError, ControlStack, InputError, UNetLayout,
                               load_control, load_t2i_adapter)
 from ..controlnet_core.controlnet import load_controlnet
+from ..controlnet_core.context import window_from_options
 from ..controlnet_core.fast import speed_mode
+from ..controlnet_core.keyframes import HOLD, NEUTRAL
 from ..controlnet_core.union import UnionControl, load_union
 from .control_units import (ControlUnit, add_transformer_patches, attention_patches, check_contribution,
-                            host_control_dict, sigma_in_range, stream_patches, sum_controls)
+                            host_control_dict, percent_of_sigma, sigma_in_range, stream_patches, sum_controls)
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +240,8 @@ class PackControl(comfy.controlnet.ControlBase):
         self._stack: ControlStack | None = None
         self._run_units: list[ControlUnit] = []
         self._entry_ranges: dict[int, tuple[float, float]] = {}
+        self._keyframe_sigmas: dict[float, float] = {}
+        self._percent_to_sigma = None
         self._model_sampling = None
         self._layout: UNetLayout | None = None
         self.extra_hooks = weight_hooks([unit.net for unit in self.units]) if self.units else self.extra_hooks
@@ -291,6 +295,7 @@ class PackControl(comfy.controlnet.ControlBase):
                                                    f"the base model {base_name}")
         entries = []
         self._entry_ranges = {}
+        self._keyframe_sigmas = {}
         self._run_units = self.effective_units()
         for unit in self._run_units:
             control_model = unit.net.model
@@ -298,10 +303,14 @@ class PackControl(comfy.controlnet.ControlBase):
                 control_model.check_fits(self._layout)
             entry = ControlEntry(model=control_model, image=unit.image, strength=unit.strength, start=unit.start,
                                  end=unit.end, mask=unit.mask, mode=unit.mode, resize_mode=unit.resize_mode,
-                                 reuse=speed_mode(unit.speed_mode))
+                                 reuse=speed_mode(unit.speed_mode), weights=unit.weights, keyframes=unit.keyframes,
+                                 frame_indices=unit.frame_indices, layout=self._layout)
             self._entry_ranges[id(entry)] = (float(percent_to_timestep_function(unit.start)),
                                              float(percent_to_timestep_function(unit.end)))
+            for start in (unit.keyframes.starts if unit.keyframes else ()):
+                self._keyframe_sigmas[start] = float(percent_to_timestep_function(start))
             entries.append(entry)
+        self._percent_to_sigma = percent_to_timestep_function
         self._bind_base_unet(model, f"the base model {base_name}")
         self._stack = ControlStack(entries) if entries else None
 
@@ -326,7 +335,8 @@ class PackControl(comfy.controlnet.ControlBase):
             y = y.to(device=x_noisy.device, dtype=x_noisy.dtype)
         contribution = self._stack.contributions(x_in, ms.timestep(t), context, y=y, active=is_active,
                                                  chunk_kinds=transformer_options.get("cond_or_uncond"),
-                                                 layout=self._layout)
+                                                 layout=self._layout, keyframes=self._keyframe_state(sigma),
+                                                 window=self._window(x_noisy, transformer_options))
         if contribution is None:
             return previous
         names = ", ".join(sorted({unit.net.name for unit in self._run_units}))
@@ -356,12 +366,47 @@ class PackControl(comfy.controlnet.ControlBase):
         for control in controls:
             control.use_base_unet(weights, base_name)
 
+    @staticmethod
+    def _window(x_noisy, transformer_options: dict):
+        """The video frames this call covers, when the sampler runs a context window whose length
+        matches the call's rows per cond/uncond chunk (a window left over from another call is ignored)."""
+        window = window_from_options(transformer_options)
+        chunks = len(transformer_options.get("cond_or_uncond") or [0])
+        if window is None or len(window.indices) * chunks != x_noisy.shape[0]:
+            return None
+        return window
+
+    def _keyframe_state(self, sigma):
+        """Each entry's keyframe state at this sigma: a keyframe is reached when the sigma is no
+        longer above its start's (the host's step-range rule); inside an interpolated segment the
+        step's percent is found from the host's percent_to_sigma."""
+        percents: dict[tuple[float, float], float] = {}
+
+        def reached(start: float) -> bool:
+            return not bool(sigma > self._keyframe_sigmas[start])
+
+        def state(entry):
+            keyframes = entry.resolved_keyframes
+            if keyframes is None:
+                return NEUTRAL
+            index, percent = keyframes.current(reached), 0.0  # the percent matters only inside a ramp
+            if 0 <= index < len(keyframes.items) - 1 and keyframes.items[index][0].interpolation != HOLD:
+                segment = (keyframes.items[index][0].start, keyframes.items[index + 1][0].start)
+                if segment not in percents:
+                    percents[segment] = percent_of_sigma(sigma, self._percent_to_sigma, *segment)
+                percent = percents[segment]
+            return keyframes.state(percent, reached)
+
+        return state
+
     def cleanup(self) -> None:
         for control in self._base_unet_models(self._run_units):
             control.use_base_unet(None)  # the ControlNet built for this run goes with it
         self._stack = None  # drops the cached per-image work with it
         self._run_units = []
         self._entry_ranges = {}
+        self._keyframe_sigmas = {}
+        self._percent_to_sigma = None
         self._model_sampling = None
         super().cleanup()
 

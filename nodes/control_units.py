@@ -51,6 +51,9 @@ class ControlUnit:
     label: str = ""
     resize_mode: str = "crop_and_resize"
     speed_mode: str = "exact"                 # controlnet_core.fast.SPEED_MODES: exact, or a fast (inexact) mode
+    weights: Any = None                      # a controlnet_core ControlWeights (per-block weights node)
+    keyframes: Any = None                    # a controlnet_core KeyframeGroup (keyframe / curve nodes)
+    frame_indices: tuple[int, ...] | None = None  # sparse control: latent frame of each control frame
 
     def __post_init__(self) -> None:
         name = self.label or "ControlNet entry"
@@ -196,6 +199,20 @@ def sum_controls(first: dict | None, second: dict | None) -> dict | None:
         b = [None] * (length - len(b)) + b
         merged[key] = [x if y is None else y if x is None else x + y for x, y in zip(a, b)]
     return merged
+
+
+def percent_of_sigma(sigma: float, percent_to_sigma: Callable[[float], float], low: float = 0.0,
+                     high: float = 1.0, iterations: int = 40) -> float:
+    """The schedule percent whose sigma is `sigma`, by bisection on the host's (decreasing)
+    percent_to_sigma between `low` and `high`: places a step inside an interpolated keyframe segment."""
+    sigma = float(sigma)
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        if float(percent_to_sigma(middle)) > sigma:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
 
 
 def sigma_in_range(sigma: "torch.Tensor | float", sigma_start: float, sigma_end: float) -> bool:

@@ -16,6 +16,7 @@ import comfy.utils
 import folder_paths
 
 from ..controlnet_core import InputError, identify
+from ..controlnet_core.context import parse_frame_indices
 from ..controlnet_core.errors import BaseModelRequired
 from ..controlnet_core.fast import SPEED_MODES
 from ..controlnet_core.hint import RESIZE_MODES
@@ -23,6 +24,7 @@ from ..controlnet_core.modes import CONTROL_MODES, MODE_BALANCED
 from .control_object import (LoadedControl, PackControl, base_unet_weights, from_host_controlnet, host_union_type,
                              load_file)
 from .control_units import ControlUnit
+from .timing_nodes import FRAME_INDICES, KEYFRAMES_INPUT, WEIGHTS_INPUT
 
 KEY_PREFIX = "ControlNetPack_"
 CATEGORY = "conditioning/controlnet pack"
@@ -90,13 +92,16 @@ def resolve_controlnet_path(name: str) -> str:
 
 
 def as_unit(control_net, image, strength: float, start: float, end: float, mask, mode: str, label: str,
-            resize_mode: str = "crop_and_resize", speed_mode: str = "exact") -> ControlUnit:
+            resize_mode: str = "crop_and_resize", speed_mode: str = "exact", weights=None, keyframes=None,
+            frame_indices: str = "") -> ControlUnit:
     """One stack entry from node inputs; a host CONTROL_NET is run through our core when it can be."""
+    indices = parse_frame_indices(frame_indices or "")
     if isinstance(control_net, PackControl):
         if control_net.source is None:
             raise InputError(f"{label}: this CONTROL_NET already carries applied controls; connect the loader's "
                              "output instead")
         net = control_net.typed_source()  # a Union type set by the host's SetUnionControlNetType
+        _check_timing_fits(net, weights, keyframes, label)
     else:
         net = host_union_type(control_net, from_host_controlnet(control_net))
         if net is None:
@@ -107,9 +112,28 @@ def as_unit(control_net, image, strength: float, start: float, end: float, mask,
                     f"{label}: this {type(control_net).__name__} runs on the host's own code path, which has no "
                     "mask, control mode or resize mode, and no fast mode; use mode 'balanced', crop_and_resize, "
                     "speed_mode 'exact' and no mask, or load the file with LoadControlNet")
+            if weights is not None or keyframes is not None or indices is not None:
+                raise InputError(
+                    f"{label}: this {type(control_net).__name__} runs on the host's own code path, which has no "
+                    "per-block weights, keyframes or sparse frames; disconnect them, or load the file with "
+                    "LoadControlNet")
             net = control_net
+        else:
+            _check_timing_fits(net, weights, keyframes, label)
     return ControlUnit(net=net, image=image, strength=float(strength), start=float(start), end=float(end),
-                       mask=mask, mode=mode, label=label, resize_mode=resize_mode, speed_mode=speed_mode)
+                       mask=mask, mode=mode, label=label, resize_mode=resize_mode, speed_mode=speed_mode,
+                       weights=weights, keyframes=keyframes, frame_indices=indices)
+
+
+def _check_timing_fits(net: LoadedControl, weights, keyframes, label: str) -> None:
+    """Refuse weights (on the entry or a keyframe) that do not fit the control now, not mid-run."""
+    try:
+        if weights is not None:
+            weights.resolve(net.model)
+        if keyframes is not None:
+            keyframes.resolve(net.model)
+    except InputError as error:
+        raise InputError(f"{label}: {error}") from None
 
 
 def apply_units(positive: list, negative: list, units: list[ControlUnit]) -> tuple[list, list]:
@@ -276,13 +300,17 @@ class ApplyControlNet:
                 "control_mode": MODE,
                 "resize_mode": RESIZE,
                 "speed_mode": SPEED,
+                "weights": WEIGHTS_INPUT,
+                "keyframes": KEYFRAMES_INPUT,
+                "frame_indices": FRAME_INDICES,
             },
         }
 
     def apply(self, positive, negative, control_net, image, strength, start_percent, end_percent,
-              mask=None, control_mode=MODE_BALANCED, resize_mode="crop_and_resize", speed_mode="exact"):
+              mask=None, control_mode=MODE_BALANCED, resize_mode="crop_and_resize", speed_mode="exact", weights=None,
+              keyframes=None, frame_indices=""):
         unit = as_unit(control_net, image, strength, start_percent, end_percent, mask, control_mode, "ApplyControlNet",
-                       resize_mode, speed_mode)
+                       resize_mode, speed_mode, weights, keyframes, frame_indices)
         return apply_units(positive, negative, [unit])
 
 
@@ -323,6 +351,10 @@ class MultiControlStack:
             optional[f"resize_mode_{slot}"] = RESIZE
         for slot in range(1, STACK_SLOTS + 1):
             optional[f"speed_mode_{slot}"] = SPEED
+        for slot in range(1, STACK_SLOTS + 1):
+            optional[f"weights_{slot}"] = WEIGHTS_INPUT
+            optional[f"keyframes_{slot}"] = KEYFRAMES_INPUT
+            optional[f"frame_indices_{slot}"] = FRAME_INDICES
         return {"required": required, "optional": optional}
 
     def apply(self, positive=None, negative=None, stack=None, **slots):
@@ -341,7 +373,8 @@ class MultiControlStack:
                                  slots.get(f"start_percent_{slot}", 0.0), slots.get(f"end_percent_{slot}", 1.0),
                                  slots.get(f"mask_{slot}"), slots.get(f"control_mode_{slot}", MODE_BALANCED), label,
                                  slots.get(f"resize_mode_{slot}", "crop_and_resize"),
-                                 slots.get(f"speed_mode_{slot}", "exact")))
+                                 slots.get(f"speed_mode_{slot}", "exact"), slots.get(f"weights_{slot}"),
+                                 slots.get(f"keyframes_{slot}"), slots.get(f"frame_indices_{slot}", "")))
         out_positive, out_negative = apply_units(positive or [], negative or [], units)
         return (out_positive, out_negative, tuple(units))
 

@@ -25,6 +25,7 @@ EXAMPLES = sorted((REPO_ROOT / "example_workflows").glob("*.json"))
 SNAPSHOT = json.loads((REPO_ROOT / "tests" / "node_interface_snapshot.json").read_text())
 SAMPLES = REPO_ROOT / "annotators" / "samples"
 CONNECTION_TYPES = {"CONDITIONING", "CONTROL_NET", "IMAGE", "MASK", "CONTROLNET_PACK_STACK", "POSE_KEYPOINT",
+                    "CONTROLNET_PACK_WEIGHTS", "CONTROLNET_PACK_KEYFRAMES",
                     "MODEL", "CLIP", "VAE", "LATENT"}
 
 # The host nodes the examples use: (title, connection input rows, output rows, widget heights).

@@ -18,7 +18,8 @@ import pytest
 from comfy_stub import import_nodes, import_preprocessor_nodes, import_train_nodes
 
 SNAPSHOT = Path(__file__).parent / "node_interface_snapshot.json"
-CONNECTION_TYPES = {"CONDITIONING", "CONTROL_NET", "IMAGE", "MASK", "CONTROLNET_PACK_STACK", "MODEL", "CLIP", "VAE"}
+CONNECTION_TYPES = {"CONDITIONING", "CONTROL_NET", "IMAGE", "MASK", "CONTROLNET_PACK_STACK", "CONTROLNET_PACK_WEIGHTS",
+                    "CONTROLNET_PACK_KEYFRAMES", "MODEL", "CLIP", "VAE"}
 # Combos listing a models folder: input name -> how many fixed leading values precede the files.
 FILE_LIST_INPUTS = {"control_net_name": 0, "unet_weights": 1}
 
@@ -59,16 +60,16 @@ def nodes(monkeypatch, tmp_path):
 
 @pytest.fixture
 def all_mappings(monkeypatch, tmp_path):
-    """Every node of the pack: the ControlNet, preprocessor and training nodes."""
+    """Every node of the pack: the ControlNet, preprocessor, sample, timing and training nodes."""
     preprocessors, _, _ = import_preprocessor_nodes(monkeypatch, tmp_path)
     package = preprocessors.__name__.rsplit(".", 1)[0]
     controlnet = sys.modules[package + ".controlnet_nodes"]
     samples = importlib.import_module(package + ".sample_nodes")
+    timing = importlib.import_module(package + ".timing_nodes")
     training, _, _ = import_train_nodes(monkeypatch, tmp_path)
-    return ({**controlnet.NODE_CLASS_MAPPINGS, **preprocessors.NODE_CLASS_MAPPINGS, **samples.NODE_CLASS_MAPPINGS,
-             **training.NODE_CLASS_MAPPINGS},
-            {**controlnet.NODE_DISPLAY_NAME_MAPPINGS, **preprocessors.NODE_DISPLAY_NAME_MAPPINGS,
-             **samples.NODE_DISPLAY_NAME_MAPPINGS, **training.NODE_DISPLAY_NAME_MAPPINGS})
+    modules = (controlnet, preprocessors, samples, timing, training)
+    return ({key: value for module in modules for key, value in module.NODE_CLASS_MAPPINGS.items()},
+            {key: value for module in modules for key, value in module.NODE_DISPLAY_NAME_MAPPINGS.items()})
 
 
 def test_interface_matches_snapshot(all_mappings):
@@ -90,7 +91,8 @@ def test_keys_are_namespaced_and_display_names_are_told_apart_from_the_hosts(nod
 
 
 def test_every_input_has_a_tooltip_and_every_widget_a_default_and_range(nodes):
-    for key, cls in nodes.NODE_CLASS_MAPPINGS.items():
+    timing = importlib.import_module(nodes.__name__.rsplit(".", 1)[0] + ".timing_nodes")
+    for key, cls in {**nodes.NODE_CLASS_MAPPINGS, **timing.NODE_CLASS_MAPPINGS}.items():
         assert cls.DESCRIPTION.strip(), f"{key} has no description"
         assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
         for section, entries in cls.INPUT_TYPES().items():
@@ -103,7 +105,7 @@ def test_every_input_has_a_tooltip_and_every_widget_a_default_and_range(nodes):
                 elif kind in ("FLOAT", "INT"):
                     assert {"default", "min", "max", "step"} <= set(options), f"{key}.{name} lacks default/range"
                     assert options["min"] <= options["default"] <= options["max"]
-                elif kind == "BOOLEAN":
+                elif kind in ("BOOLEAN", "STRING"):
                     assert "default" in options, f"{key}.{name} has no default"
                 else:
                     assert kind in CONNECTION_TYPES, f"{key}.{name}: unexpected type {kind!r}"

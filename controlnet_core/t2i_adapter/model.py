@@ -198,6 +198,9 @@ class T2IAdapterModel(ControlModel):
         super().check_fits(layout)
         self.targets(layout)
 
+    def slot_targets(self, layout: UNetLayout | None = None) -> tuple[Target, ...]:
+        return tuple(self.targets(layout or standard_layout(self.family)))
+
     def additions(self, call: UNetCall, prepared: list[torch.Tensor], frames: torch.Tensor) -> list[Addition]:
         targets = self.targets(call.layout or standard_layout(self.family))
         return [Addition(target, k, take_frames(feature, frames))
