@@ -175,13 +175,20 @@ def video_prompt(server, control: str, windows: bool, ours: bool) -> dict:
 
 
 def test_16_frames_in_windows_of_8_pair_every_frame_with_its_own_control_frame(server, video_control):
+    # The host alone first: ComfyUI 0.3.64's context windows cannot run a batch of frames at all
+    # (IndexListContextHandler.set_step compares the whole timestep batch with the sigmas; 0.8.0 reads
+    # timestep[0]), whatever the control.
+    host_windowed_run = server.run_prompt(video_prompt(server, video_control, windows=True, ours=False))
+    if not host_windowed_run["ok"] and "must match the size of tensor" in host_windowed_run["error"]:
+        pytest.skip("this host's context windows fail on a batch of frames without any control "
+                    f"({host_windowed_run['error'][:160]}); fixed in later ComfyUI")
+    host_windowed = latent_of(server, host_windowed_run)
     whole = latent_of(server, server.run_prompt(video_prompt(server, video_control, windows=False, ours=True)))
     windowed = latent_of(server, server.run_prompt(video_prompt(server, video_control, windows=True, ours=True)))
     # Without a motion module every frame is computed on its own, so the windowed run is the whole-batch
     # run; only the UNet's batch size differs (16 rows per call instead of 32), which moves the last bits.
     assert relative_difference(windowed, whole) <= 1e-4
     host_whole = latent_of(server, server.run_prompt(video_prompt(server, video_control, windows=False, ours=False)))
-    host_windowed = latent_of(server, server.run_prompt(video_prompt(server, video_control, windows=True, ours=False)))
     assert relative_difference(host_whole, whole) <= 1e-4  # same pairing as the host without windows
     # The host's core ControlNet gives the second window frames 0-7: far from its own unwindowed run.
     assert relative_difference(host_windowed[WINDOW:], host_whole[WINDOW:]) > 100 * relative_difference(windowed,
