@@ -7,7 +7,8 @@ models (tests/host/weights.py), 256×256, one step per prompt:
 
 - `--prompts` prompts in a row rotating ControlNets, a T2I-Adapter and ControlNeXt, images, masks and
   modes, every fifth one interrupted mid-sampling; the server's resident memory after warm-up and at
-  the end (drift), and its peak;
+  the end (drift), after each prompt, the growth of its highest mark from the first to the second
+  half of the run, and its peak;
 - every bad file and bad value of the host test, each expected to fail with a clear message while
   the server stays up;
 - five stacked controls: our two chained MultiControlStack nodes (3 + 2 entries) against the host's
@@ -116,6 +117,7 @@ def main() -> None:
         rss = lambda: psutil.Process(server.process.pid).memory_info().rss / 2 ** 20  # noqa: E731
         ran = interrupted = 0
         settled = None
+        readings: list[float] = []
         with ServerPeak(server.process.pid) as peak:
             for index in range(args.prompts):
                 prompt = reliability.varied_prompt(index)
@@ -135,9 +137,16 @@ def main() -> None:
                 ran += 1
                 if index == 3:
                     settled = rss()
+                elif index > 3:
+                    readings.append(rss())
+        # The resident size swings by about a model's size between prompts as the host loads and frees,
+        # so growth is judged on the highest reading of the later half against the earlier half's.
+        half = len(readings) // 2
         report["prompts"] = {"run": ran, "interrupted": interrupted, "rss_after_warmup_mib": settled,
                              "rss_at_end_mib": rss(), "peak_rss_mib": peak.peak / 2 ** 20,
-                             "drift": (rss() - settled) / settled}
+                             "drift": (rss() - settled) / settled,
+                             "rss_after_each_prompt_mib": [round(r) for r in readings],
+                             "highest_mark_growth": max(readings[half:]) / max(readings[:half]) - 1}
         print(json.dumps(report["prompts"]), flush=True)
 
         folder = Path(server.base) / "models" / "controlnet"
