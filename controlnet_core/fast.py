@@ -17,9 +17,13 @@ Not exact (opt-in per entry, `ControlEntry.reuse`, off by default):
   next ones, either every k steps or adaptively, once the timestep has moved far enough since the
   last computation. ControlNet residuals change slowly from step to step, so reusing them for a step
   or two costs little quality for k times less ControlNet work; bench/bench_fast.py measures both.
+  Reuse never crosses a new generation, a new prompt or size, or a step at which the entry was off
+  (a gap in its range or keyframes). A Union group whose entries share a speed mode reuses its one
+  fused forward (stack.py).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -133,6 +137,23 @@ def deduplicated_additions(model: ControlModel, call: UNetCall, prepared, frames
 
 # ---- not exact: residual reuse across steps -------------------------------------------------------------
 
+class StepClock:
+    """Numbers the steps of a generation as one entry's stack sees them: a call whose timesteps differ
+    from the previous call's starts a new step. The stack ticks it on every call, also when the entry
+    is off, so reusable additions can tell whether they were in use at the step just before."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self._last: float | None = None
+
+    def tick(self, timesteps: torch.Tensor) -> int:
+        value = float(timesteps.detach().max())
+        if value != self._last:
+            self.step += 1
+            self._last = value
+        return self.step
+
+
 @dataclass
 class _Reusable:
     """One call layout's last computed additions and where in the schedule they were computed."""
@@ -141,27 +162,30 @@ class _Reusable:
     frames: torch.Tensor
     context: torch.Tensor
     y: torch.Tensor | None
+    key: Hashable               # what else the additions depend on (a fused group: its members)
     computed_at: torch.Tensor   # timesteps of the computation
     last_seen: torch.Tensor     # timesteps of the latest call
-    steps_since: int
+    computed_step: int          # StepClock steps of the computation and of the latest call
+    seen_step: int
     additions: list[Addition]
 
-    def serves(self, call: UNetCall, frames: torch.Tensor) -> bool:
-        return (self.latent == _latent_key(call) and torch.equal(self.frames, frames)
+    def serves(self, call: UNetCall, frames: torch.Tensor, key: Hashable) -> bool:
+        return (self.latent == _latent_key(call) and self.key == key and torch.equal(self.frames, frames)
                 and _same(self.context, call.context) and _same(self.y, call.y))
 
-    def reusable_at(self, policy: ReusePolicy, t: torch.Tensor) -> bool:
-        """Whether the additions serve a call at timesteps `t` (counting a new step when t is new)."""
+    def reusable_at(self, policy: ReusePolicy, t: torch.Tensor, step: int) -> bool:
+        """Whether the additions serve a call at timesteps `t` and clock step `step`."""
         if self.last_seen.shape != t.shape:
             return False
-        if torch.equal(self.last_seen, t):
-            return True  # another call of the same step
+        if step == self.seen_step:
+            return torch.equal(self.last_seen, t)  # another call of the same step
+        if step != self.seen_step + 1:
+            return False  # not in use at the step before (the entry was off in between): stale
         if bool((t > self.last_seen).any()):
             return False  # the timestep rose: a new generation, or noise added back
-        self.steps_since += 1
-        self.last_seen = t
+        self.seen_step, self.last_seen = step, t
         moved = float((self.computed_at - t).abs().max()) / TIMESTEP_RANGE
-        return not policy.recompute(self.steps_since, moved)
+        return not policy.recompute(step - self.computed_step, moved)
 
 
 def _latent_key(call: UNetCall) -> tuple:
@@ -174,20 +198,23 @@ def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
 
 
-def reused_additions(policy: ReusePolicy, states: list, model: ControlModel, call: UNetCall, prepared,
-                     frames: torch.Tensor) -> list[Addition]:
-    """The additions for this call under `policy`; `states` is the entry's list of _Reusable.
+def reused_additions(policy: ReusePolicy, states: list, step: int, call: UNetCall, frames: torch.Tensor,
+                     compute: Callable[[], list[Addition]], key: Hashable = None) -> list[Addition]:
+    """The additions for this call under `policy`: `compute()` or the ones kept in `states` (a list
+    of _Reusable owned by the entry) from an earlier step. `step` is the entry's StepClock step.
 
-    A call with new timesteps is a new step. The additions are recomputed on the first call of a
-    layout (latent shape, frames, text, y), when the policy says so, and when the timestep rises (a
-    new generation, or a sampler that adds noise back): they are never carried across that."""
+    The additions are recomputed on the first call of a layout (latent shape, frames, text, y, `key`),
+    when the policy says so, when the timestep rises (a new generation, or a sampler that adds noise
+    back) and after a step at which they were not used (the entry was off): they are never carried
+    across any of these. A reusing call does no other work (the hint embedding is not even looked up)."""
     t = call.timesteps.detach()
-    state = next((s for s in states if s.serves(call, frames)), None)
+    state = next((s for s in states if s.serves(call, frames, key)), None)
     if state is not None:
-        if state.reusable_at(policy, t):
+        if state.reusable_at(policy, t, step):
             return state.additions
         states.remove(state)
-    additions = deduplicated_additions(model, call, prepared, frames)
-    states.insert(0, _Reusable(_latent_key(call), frames.clone(), call.context, call.y, t, t, 0, additions))
+    additions = compute()
+    states.insert(0, _Reusable(_latent_key(call), frames.clone(), call.context, call.y, key, t, t, step, step,
+                               additions))
     del states[MAX_REUSE_STATES:]
     return additions

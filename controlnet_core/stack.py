@@ -17,7 +17,8 @@ frames' rows out (context.py).
 Entries whose models share a fusion key (protocol.py: e.g. several control types of one Union
 file) run as one group in one forward of that model; each entry's strength and mask then act inside
 the model on its own part, and the group's shared slot weights and row scale on the result. Entries
-under keyframes or with sparse frames run on their own.
+under keyframes or with sparse frames run on their own. Entries in a fast mode (fast.py) reuse their
+additions across steps; a group whose entries share one fast mode reuses its fused forward.
 
 Batches, one rule for every system, control images and masks alike (the host's own rule, see
 `context.pair_frames`): the latent batch holds one chunk per entry of `chunk_kinds` (the host batches
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 
 from .context import FrameWindow, check_frame_indices, pair_frames, row_frames  # noqa: F401 (pair_frames: re-exported)
 from .errors import InputError
-from .fast import ReusePolicy, deduplicated_additions, reused_additions
+from .fast import ReusePolicy, StepClock, deduplicated_additions, reused_additions
 from .hint import INTERPOLATIONS, RESIZE_MODES, as_image_batch, as_mask_batch, prepare_hint, prepare_mask
 from .keyframes import NEUTRAL, KeyframeGroup, KeyframeState
 from .modes import MODE_BALANCED, mode_settings
@@ -84,6 +85,7 @@ class ControlEntry:
     _prepared_cache: dict = field(default_factory=dict, init=False, repr=False)
     _mask_cache: dict = field(default_factory=dict, init=False, repr=False)
     _reuse_states: list = field(default_factory=list, init=False, repr=False)
+    _clock: StepClock = field(default_factory=StepClock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.strength = check_strength(self.strength)
@@ -124,6 +126,11 @@ class ControlEntry:
         if self.resolved_keyframes is None or percent is None:
             return NEUTRAL
         return self.resolved_keyframes.state(percent, reached)
+
+    @property
+    def reuses(self) -> bool:
+        """Whether the entry is in a (not exact) reuse mode."""
+        return self.reuse is not None and not self.reuse.exact
 
     def is_active(self, percent: float | None) -> bool:
         if not self.enabled or self.strength == 0.0:
@@ -213,6 +220,9 @@ class ControlStack:
         UNet (where encoder features go); without it each control assumes its family's standard UNet.
         `keyframes(entry)` gives each entry's keyframe state for this call (default: at `percent`);
         `window` names the latent frames of the video this call covers (context.py)."""
+        for entry in self.entries:  # every call, on or off: reuse must know the steps an entry missed
+            if entry.reuses:
+                entry._clock.tick(timesteps)
         entries = self.active_entries(percent, active)
         if not entries:
             return None
@@ -284,13 +294,14 @@ class _EntryCall:
             return  # nothing it adds would reach the UNet: nothing computed
         entry, rows = self.entry, self.rows
         model = entry.model
-        prepared = entry.prepared(*self.latent_size, self.x.device)
         call = self._call()
         frames = self.frames[rows.cpu()]
-        if entry.reuse is None or entry.reuse.exact:
-            additions = deduplicated_additions(model, call, prepared, frames)
-        else:
-            additions = reused_additions(entry.reuse, entry._reuse_states, model, call, prepared, frames)
+
+        def compute() -> list[Addition]:
+            return deduplicated_additions(model, call, entry.prepared(*self.latent_size, self.x.device), frames)
+
+        additions = reused_additions(entry.reuse, entry._reuse_states, entry._clock.step, call, frames, compute) \
+            if entry.reuses else compute()
         for addition in additions:
             scale = entry.strength * entry.slot_weights[addition.slot]
             if self.state is not NEUTRAL:
@@ -344,8 +355,8 @@ class _EntryCall:
 def fusion_groups(entries: Sequence[ControlEntry],
                   states: Mapping[int, KeyframeState] | None = None) -> list[list[ControlEntry]]:
     """The entries in stack order, those that run in one forward gathered into one group (at the
-    place of the first): same `fusion_key` of their models (e.g. one Union network), and the same
-    per-slot weights and uncond scale, which then act on the shared result. Others are alone, and
+    place of the first): same `fusion_key` of their models (e.g. one Union network), the same
+    per-slot weights and uncond scale, which then act on the shared result, and the same speed mode. Others are alone, and
     so is an entry whose keyframe state at this call (`states`, by id) is not neutral or whose
     control is sparse (its rows are its own)."""
     groups: list[list[ControlEntry]] = []
@@ -356,7 +367,7 @@ def fusion_groups(entries: Sequence[ControlEntry],
         if key is None or own_rows_or_state:
             groups.append([entry])
             continue
-        key = (key, entry.slot_weights, entry.uncond_scale)
+        key = (key, entry.slot_weights, entry.uncond_scale, entry.reuse if entry.reuses else None)
         if key not in by_key:
             by_key[key] = []
             groups.append(by_key[key])
@@ -368,7 +379,9 @@ class _FusedCall(_EntryCall):
     """A fusion group's additions to one UNet call: one forward of the shared model
     (`fused_additions`). Each entry's strength and mask act inside, on its own part; the group's
     slot weights and row scale act on the result, and so does the pointwise maximum of the entries'
-    masks (no mask when any entry has none: that entry controls everywhere)."""
+    masks (no mask when any entry has none: that entry controls everywhere). The group shares one
+    reuse policy (fusion_groups); its reusable additions are kept by its first entry, keyed by the
+    members, since their strengths and masks act inside the forward."""
 
     def __init__(self, entries: Sequence[ControlEntry], *args) -> None:
         super().__init__(entries[0], *args)
@@ -377,12 +390,23 @@ class _FusedCall(_EntryCall):
     def add_to(self, total: Contribution) -> None:
         if self.rows.numel() == 0:
             return
-        rows = self.rows.cpu()
-        members = [FusedMember(part.entry.model, part.entry.prepared(*self.latent_size, self.x.device),
-                               part.frames[rows], part.entry.strength,
-                               None if part.entry.mask is None else part.mask_rows)
-                   for part in self.members]
-        for addition in self.entry.model.fused_additions(self._call(), members):
+        rows, call, first = self.rows.cpu(), self._call(), self.entry
+
+        def compute() -> list[Addition]:
+            members = [FusedMember(part.entry.model, part.entry.prepared(*self.latent_size, self.x.device),
+                                   part.frames[rows], part.entry.strength,
+                                   None if part.entry.mask is None else part.mask_rows)
+                       for part in self.members]
+            return first.model.fused_additions(call, members)
+
+        if first.reuses:
+            key = tuple((id(part.entry), part.entry.strength, id(part.entry.mask), tuple(part.frames[rows].tolist()))
+                        for part in self.members)
+            additions = reused_additions(first.reuse, first._reuse_states, first._clock.step, call,
+                                         self.frames[rows], compute, key)
+        else:
+            additions = compute()
+        for addition in additions:
             scale = self.entry.slot_weights[addition.slot]
             if callable(addition.value):
                 total.add(addition.target, self._stream_function(addition, scale))

@@ -204,6 +204,35 @@ def test_reuse_never_crosses_a_new_generation_a_new_prompt_or_a_new_size(nets, m
     assert len(counter.batches) == 4
 
 
+@pytest.mark.parametrize("off", ["range", "keyframe"])
+def test_reuse_never_crosses_a_step_at_which_the_entry_was_off(nets, monkeypatch, off):
+    """Every 4 steps, on at steps 0, 1, 3, 4 and off at step 2 (outside its range, or faded out by a
+    keyframe): step 3 must compute anew, not hand back step 0's residuals (three steps seen)."""
+    from controlnet_core.keyframes import Keyframe, KeyframeGroup
+
+    reference, ours = nets
+    steps = schedule_inputs([999, 899, 799, 699, 599])
+    image = image_of(steps[0][3])
+    counter = RowCounter(ours, monkeypatch)
+    percents = [0.0, 0.25, 0.5, 0.75, 1.0]
+    if off == "range":
+        entry = ControlEntry(ours, image, reuse=ReusePolicy(every=4))
+        active = [True, True, False, True, True]
+        options = [{"active": (lambda e, on=on: on)} for on in active]
+    else:
+        fade = KeyframeGroup([Keyframe(0.0, strength=1.0), Keyframe(0.5, strength=0.0), Keyframe(0.75, strength=1.0)])
+        entry = ControlEntry(ours, image, reuse=ReusePolicy(every=4), keyframes=fade)
+        options = [{"percent": p} for p in percents]
+    stack = ControlStack([entry])
+    results = [stack.contributions(x, t, context, **option) for (x, t, context, _), option in zip(steps, options)]
+    assert results[2] is None
+    for step, source in ((0, 0), (1, 0), (3, 3), (4, 3)):
+        x, t, context, hint = steps[source]
+        for a, b in zip(stack_residuals(results[step]), diffusers_residuals(reference, x, t, context, hint)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert len(counter.batches) == 2
+
+
 def test_exact_is_the_default_everywhere_and_names_are_checked():
     assert ControlEntry.__dataclass_fields__["reuse"].default is None
     assert list(SPEED_MODES)[0] == "exact" and SPEED_MODES["exact"].exact

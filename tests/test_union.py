@@ -316,6 +316,49 @@ def test_entries_with_different_modes_run_in_separate_passes(promax):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)  # the slot weight multiplies in another order
 
 
+def test_a_group_sharing_a_fast_mode_reuses_its_one_fused_forward(promax):
+    """Both entries reuse every 2 steps: one fused forward at steps 0 and 2, its residuals handed back
+    at step 1; at step 3 depth is out of range and pose runs alone (new additions: its strength now
+    scales the residuals), reused at step 4. Three forwards in five steps."""
+    from controlnet_core.fast import ReusePolicy
+
+    reference, _ = promax
+    model = load_control(state_dict_of(reference))  # a fresh network for the hook
+    forwards = count_calls(model.network.middle_block)
+    x, t, context, y, added = inputs(12)
+    pose, depth = hint(60), hint(61)
+    every_2 = ReusePolicy(every=2)
+    stack = ControlStack([ControlEntry(model.with_type("openpose"), as_image(pose), strength=0.8, reuse=every_2),
+                          ControlEntry(model.with_type("depth"), as_image(depth), strength=0.5, end=0.5, reuse=every_2)])
+    steps = [(x + k, t - 5 * k, 0.2 * k) for k in range(5)]
+
+    def both(k):
+        return reference_residuals(reference, steps[k][0], steps[k][1], context, added, [pose, depth], [0, 1], [0.8, 0.5])
+
+    def pose_alone(k):
+        return reference_residuals(reference, steps[k][0], steps[k][1], context, added, [pose], [0], [0.8])
+
+    expected = [both(0), both(0), both(2), pose_alone(3), pose_alone(3)]
+    for k, (x_k, t_k, percent) in enumerate(steps):
+        assert_equal(our_residuals(stack, x_k, t_k, context, y, percent=percent), expected[k])
+    assert forwards[0] == 3
+
+
+def test_entries_with_different_speed_modes_run_in_separate_passes(promax):
+    from controlnet_core.fast import ReusePolicy
+
+    reference, _ = promax
+    model = load_control(state_dict_of(reference))
+    forwards = count_calls(model.network.middle_block)
+    x, t, context, y, _ = inputs(13)
+    stack = ControlStack([ControlEntry(model.with_type("openpose"), as_image(hint(62)), reuse=ReusePolicy(every=2)),
+                          ControlEntry(model.with_type("depth"), as_image(hint(63)))])
+    stack.contributions(x, t, context, y)
+    assert forwards[0] == 2  # not fused: pose and depth each once
+    stack.contributions(x + 1, t - 5, context, y)
+    assert forwards[0] == 3  # pose reused, depth (exact) computed
+
+
 def masked_fused_reference(reference, x, t, context, added, hints, ids, scales, masks):
     """diffusers' forward with the fused hint written here from its own submodules: each condition's
     feature and alpha scaled by its strength and multiplied by its mask (at the latent size)."""
