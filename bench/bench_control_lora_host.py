@@ -35,23 +35,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args()
 
-    comfy_path = host_env.comfyui_path()
-    if comfy_path is None:
-        sys.exit("set COMFYUI_PATH to a ComfyUI tree and run with the host's venv python")
-    host_env.import_comfy(comfy_path)
+    files = host_env.host_for_bench()
     import torch
 
-    import folder_paths
     import nodes as host_nodes
     import weights
     from bench_host import interleaved_get_control
 
-    files = weights.ensure_weights(host_env.WEIGHTS_CACHE)
-    lora_path = host_env.WEIGHTS_CACHE / f"control_lora_rank{args.rank}_sd15_random.safetensors"
+    lora_path = files["pose"].parent / f"control_lora_rank{args.rank}_sd15_random.safetensors"  # a model folder
     if not lora_path.exists():
         weights.write_control_lora(lora_path, rank=args.rank)
-    folder_paths.add_model_folder_path("checkpoints", str(files["checkpoint"].parent))
-    folder_paths.add_model_folder_path("controlnet", str(lora_path.parent))
     ours = host_env.import_pack_in_process().nodes.controlnet_nodes
 
     model, clip, _ = host_nodes.CheckpointLoaderSimple().load_checkpoint(files["checkpoint"].name)[:3]

@@ -11,7 +11,9 @@ in one call). The same generation runs once per mode:
 - exact (the default);
 - fast: reuse every 2 and every 3 steps, and adaptive (recompute once the timestep moved 150/1000).
 
-Per mode: ControlNet time per step (CPU time of ControlStack.contributions, reuse bookkeeping
+The generations run in lockstep: step k of every mode before step k + 1 of any, in an order that
+rotates per step, so that a slow spell of a shared machine falls on every mode alike (run one after
+the other, two identical runs differed by ±3 %). Per mode: ControlNet time per step (CPU time of ControlStack.contributions, reuse bookkeeping
 included; wall time beside it; the hint embedding, once per run in every mode, is timed apart and
 the ratio with it counted is given too), the number of ControlNet
 computations, the final latent's relative difference from exact mode (‖x − x_exact‖ / ‖x_exact‖), the
@@ -80,62 +82,77 @@ def relative(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return (num / den) ** 0.5
 
 
-def generate(unet, controlnet, image, context, steps: int, size: int, policy, seed: int = 0):
-    """One Euler + CFG generation; returns the final latent and per-step figures."""
-    from controlnet_core import ControlEntry, ControlStack
+class Generation:
+    """One Euler + CFG generation, advanced one step at a time (so that every mode's generation can
+    run in lockstep with the others); keeps the final latent and the per-step figures."""
 
-    timesteps, sigmas = normal_schedule(steps)
-    latent = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(seed)) * sigmas[0]
-    stack = exact = None
-    if controlnet is not None:
-        stack = ControlStack([ControlEntry(controlnet, image, reuse=policy)])
-        exact = ControlStack([ControlEntry(controlnet, image)])  # the oracle for the per-step residual error
-    computed = [0]
-    if controlnet is not None:
-        original = controlnet.forward
+    def __init__(self, unet, controlnet, image, context, steps: int, size: int, policy, seed: int = 0) -> None:
+        from controlnet_core import ControlEntry, ControlStack
 
-        def counting(*args, **kwargs):
-            computed[0] += 1
-            return original(*args, **kwargs)
-
-        controlnet.forward = counting
-    control_cpu, control_wall, errors = [], [], []
-    hint_cpu = 0.0
-    try:
-        with torch.no_grad():
-            if stack is not None:  # the per-run hint embedding, timed apart from the steps
-                started_cpu = time.process_time()
-                stack.entries[0].prepared(size // 8, size // 8, latent.device)
-                hint_cpu = time.process_time() - started_cpu
-                exact.entries[0].prepared(size // 8, size // 8, latent.device)
-            for step in range(steps):
-                sigma = sigmas[step]
-                x_in = (latent / (sigma ** 2 + 1) ** 0.5).repeat(2, 1, 1, 1)
-                t = timesteps[step].expand(2)
-                kwargs = {}
-                if stack is not None:
-                    before = computed[0]
-                    started, started_cpu = time.perf_counter(), time.process_time()
-                    added = stack.contributions(x_in, t, context, chunk_kinds=[0, 1])
-                    control_cpu.append(time.process_time() - started_cpu)
-                    control_wall.append(time.perf_counter() - started)
-                    reused = computed[0] == before
-                    computed_now = computed[0]
-                    # Per-step residual error against what exact mode computes for these inputs (not timed).
-                    errors.append(relative(flat(added), flat(exact.contributions(x_in, t, context, chunk_kinds=[0, 1])))
-                                  if reused else 0.0)
-                    computed[0] = computed_now  # the oracle's forwards are not the mode's
-                    residuals = flat(added)
-                    kwargs = {"down_block_additional_residuals": residuals[:-1],
-                              "mid_block_additional_residual": residuals[-1]}
-                eps = unet(x_in, t, context, return_dict=False, **kwargs)[0]
-                cond, uncond = eps.chunk(2)
-                latent = latent + (sigmas[step + 1] - sigma) * (uncond + CFG * (cond - uncond))
-    finally:
+        self.unet, self.controlnet, self.context, self.size = unet, controlnet, context, size
+        self.timesteps, self.sigmas = normal_schedule(steps)
+        self.latent = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(seed)) \
+            * self.sigmas[0]
+        self.stack = self.exact = None
+        self.computed = 0
+        self.control_cpu: list[float] = []
+        self.control_wall: list[float] = []
+        self.errors: list[float] = []
+        self.hint_cpu = 0.0
         if controlnet is not None:
-            del controlnet.forward
-    return {"latent": latent, "control_cpu": control_cpu, "control_wall": control_wall, "hint_cpu": hint_cpu,
-            "residual_errors": errors, "computed": computed[0]}
+            self.stack = ControlStack([ControlEntry(controlnet, image, reuse=policy)])
+            self.exact = ControlStack([ControlEntry(controlnet, image)])  # the oracle for the per-step residual error
+            with torch.no_grad():  # the per-run hint embedding, timed apart from the steps
+                started_cpu = time.process_time()
+                self.stack.entries[0].prepared(size // 8, size // 8, self.latent.device)
+                self.hint_cpu = time.process_time() - started_cpu
+                self.exact.entries[0].prepared(size // 8, size // 8, self.latent.device)
+
+    @torch.no_grad()
+    def step(self, step: int, forwards: list[int]) -> None:
+        """Step `step`; `forwards[0]` counts the ControlNet's forwards (all generations share the model)."""
+        sigma = self.sigmas[step]
+        x_in = (self.latent / (sigma ** 2 + 1) ** 0.5).repeat(2, 1, 1, 1)
+        t = self.timesteps[step].expand(2)
+        kwargs = {}
+        if self.stack is not None:
+            before = forwards[0]
+            started, started_cpu = time.perf_counter(), time.process_time()
+            added = self.stack.contributions(x_in, t, self.context, chunk_kinds=[0, 1])
+            self.control_cpu.append(time.process_time() - started_cpu)
+            self.control_wall.append(time.perf_counter() - started)
+            reused = forwards[0] == before
+            self.computed += forwards[0] - before
+            # Per-step residual error against what exact mode computes for these inputs (not timed, not counted).
+            self.errors.append(relative(flat(added), flat(self.exact.contributions(x_in, t, self.context,
+                                                                                    chunk_kinds=[0, 1])))
+                               if reused else 0.0)
+            residuals = flat(added)
+            kwargs = {"down_block_additional_residuals": residuals[:-1],
+                      "mid_block_additional_residual": residuals[-1]}
+        eps = self.unet(x_in, t, self.context, return_dict=False, **kwargs)[0]
+        cond, uncond = eps.chunk(2)
+        self.latent = self.latent + (self.sigmas[step + 1] - sigma) * (uncond + CFG * (cond - uncond))
+
+
+def generate_in_lockstep(generations: dict[str, Generation], controlnet, steps: int) -> None:
+    """Every generation's step k before any generation's step k + 1, in an order that rotates per
+    step: a slow spell of a shared machine then falls on all modes alike, not on one mode's run."""
+    forwards = [0]
+    original = controlnet.forward
+
+    def counting(*args, **kwargs):
+        forwards[0] += 1
+        return original(*args, **kwargs)
+
+    controlnet.forward = counting
+    names = list(generations)
+    try:
+        for step in range(steps):
+            for name in names[step % len(names):] + names[:step % len(names)]:
+                generations[name].step(step, forwards)
+    finally:
+        del controlnet.forward
 
 
 def dedup_figures(controlnet, image, context, size: int, runs: int = 3) -> dict:
@@ -179,9 +196,14 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.size}², {args.steps} steps, "
           f"Euler, CFG {CFG}, normal schedule; SD1.5 ControlNet + UNet, random weights", flush=True)
 
-    runs = {"no control": generate(unet, None, image, context, args.steps, args.size, None)}
+    generations = {"no control": Generation(unet, None, image, context, args.steps, args.size, None)}
     for name, policy in SPEED_MODES.items():
-        runs[name] = generate(unet, controlnet, image, context, args.steps, args.size, policy)
+        generations[name] = Generation(unet, controlnet, image, context, args.steps, args.size, policy)
+    generate_in_lockstep(generations, controlnet, args.steps)
+    runs = {name: {"latent": g.latent, "control_cpu": g.control_cpu, "control_wall": g.control_wall,
+                   "hint_cpu": g.hint_cpu, "residual_errors": g.errors, "computed": g.computed}
+            for name, g in generations.items()}
+    for name in SPEED_MODES:
         print(f"{name}: {runs[name]['computed']} ControlNet computations, "
               f"{sum(runs[name]['control_cpu']):.1f} s CPU", flush=True)
     dedup = dedup_figures(controlnet, image, context, args.size)

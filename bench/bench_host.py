@@ -266,10 +266,7 @@ def main() -> None:
     if args.out is None:
         args.out = REPO_ROOT / "bench" / "out" / ("bench_host_curves.json" if args.curves else "bench_host.json")
 
-    comfy_path = host_env.comfyui_path()
-    if comfy_path is None:
-        sys.exit("set COMFYUI_PATH to a ComfyUI tree and run with the host's venv python")
-    host_env.import_comfy(comfy_path)
+    files = host_env.host_for_bench()
     import torch
 
     threads = args.threads if args.threads is not None else (1 if args.curves else None)
@@ -277,13 +274,8 @@ def main() -> None:
         torch.set_num_threads(threads)
 
     import comfy.model_management
-    import folder_paths
     import nodes as host_nodes
-    import weights
 
-    files = weights.ensure_weights(host_env.WEIGHTS_CACHE)
-    folder_paths.add_model_folder_path("checkpoints", str(files["checkpoint"].parent))
-    folder_paths.add_model_folder_path("controlnet", str(files["pose"].parent))
     ours = host_env.import_pack_in_process().nodes.controlnet_nodes
 
     model, clip, _ = host_nodes.CheckpointLoaderSimple().load_checkpoint(files["checkpoint"].name)[:3]

@@ -93,19 +93,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternations of the five-control comparison")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "bench_reliability.json")
     args = parser.parse_args()
+    files = host_env.host_for_bench(model_folders=False)  # the server gets its own folders
     comfy = host_env.comfyui_path()
-    if comfy is None:
-        sys.exit("set COMFYUI_PATH to a ComfyUI tree and run with the host's venv python")
-    host_env.import_comfy(comfy)
     import numpy as np
     import psutil
     from PIL import Image
 
     import test_host_reliability as reliability
     import test_host_server
-    import weights
 
-    files = weights.ensure_weights(host_env.WEIGHTS_CACHE)
     images = {"example_pose.png": Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256, 3), np.uint8)),
               "example_depth.png": Image.fromarray(np.tile(np.linspace(0, 255, 256, dtype=np.uint8), (256, 1)))
               .convert("RGB")}

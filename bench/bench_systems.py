@@ -55,20 +55,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "bench_systems.json")
     args = parser.parse_args()
 
-    comfy_path = host_env.comfyui_path()
-    if comfy_path is None:
-        sys.exit("set COMFYUI_PATH to a ComfyUI tree and run with the host's venv python")
-    host_env.import_comfy(comfy_path)
+    files = host_env.host_for_bench()
     import torch
 
     import comfy.model_management
-    import folder_paths
     import nodes as host_nodes
-    import weights
 
-    files = weights.ensure_weights(host_env.WEIGHTS_CACHE)
-    folder_paths.add_model_folder_path("checkpoints", str(files["checkpoint"].parent))
-    folder_paths.add_model_folder_path("controlnet", str(files["pose"].parent))
     pack = host_env.import_pack_in_process()
     ours = pack.nodes.controlnet_nodes
     control_object = pack.nodes.control_object

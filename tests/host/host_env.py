@@ -47,6 +47,26 @@ def import_comfy(path: Path) -> None:
         sys.argv = saved
 
 
+def host_for_bench(model_folders: bool = True) -> dict[str, Path]:
+    """A bench script's host, in this process: the host's modules (from COMFYUI_PATH; without it the
+    script exits saying how to run it), the random-weight test files (weights.ensure_weights) and,
+    with `model_folders`, the host's checkpoints and controlnet folders pointed at them. Returns the
+    files by key."""
+    path = comfyui_path()
+    if path is None:
+        sys.exit("set COMFYUI_PATH to a ComfyUI tree and run with the host's venv python")
+    import_comfy(path)
+    import weights  # beside this file
+
+    files = weights.ensure_weights(WEIGHTS_CACHE)
+    if model_folders:
+        import folder_paths
+
+        folder_paths.add_model_folder_path("checkpoints", str(files["checkpoint"].parent))
+        folder_paths.add_model_folder_path("controlnet", str(files["pose"].parent))
+    return files
+
+
 def import_pack_in_process():
     """The pack imported like the host does (a package named after an arbitrary folder)."""
     if IN_PROCESS_PACK not in sys.modules:
