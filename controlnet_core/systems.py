@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import control_lora, controlnet, controlnext, foreign, lllite, t2i_adapter, union
-from .controlnet.loader import pools_by_name
+from .controlnet.loader import pools_by_source
 from .checkpoint_io import read_state_dict, read_tensor_shapes
 from .errors import CheckpointError
 from .identity import Identity
@@ -48,7 +48,7 @@ def _load_controlnet(state, name, *, companion, companion_kind, base_unet, varia
                      **options):
     _refuse_extras(name, "ControlNet", companion=companion, variant=variant)
     if global_average_pooling is None:  # the state dict reaches the loader without its file name
-        global_average_pooling = pools_by_name(name)
+        global_average_pooling = pools_by_source(name)
     return controlnet.load_controlnet(state, base_unet=base_unet, global_average_pooling=global_average_pooling,
                                       **options)
 
@@ -166,7 +166,7 @@ def load_control(source: Source, *, companion: Source | None = None, companion_k
     "full"); base_unet: the base UNet's state dict, for diff ControlNets (`identify(...).needs_base_model`)
     and Control-LoRA (which can also take it later, per run: ControlModel.use_base_unet); variant: force
     a ControlNeXt variant ("sdxl", "sd15", "sd15_old"); global_average_pooling: force a ControlNet's
-    pooling (shuffle) on or off, None = by file name; dtype: storage dtype (default the file's);
+    pooling (shuffle) on or off, None = by its diffusers config.json or file name; dtype: storage dtype (default the file's);
     operations / compute_dtype: see controlnet_core.ops."""
     name = _source_name(source)
     state = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source

@@ -34,7 +34,7 @@ MODELS_FOLDER = "controlnet"
 
 NO_COMPANION = "none"
 COMPANION_KINDS = {"auto": "auto", "deltas": "delta", "full values": "full"}
-# Shuffle ControlNets' global average pooling: by file name (the host's rule), or forced.
+# Shuffle ControlNets' global average pooling: by a diffusers config.json or the file name (the host's rule), or forced.
 POOLING_CHOICES = {"auto": None, "on": True, "off": False}
 
 STRENGTH = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01,
@@ -239,7 +239,8 @@ class LoadControlNet:
             "global_average_pooling": (list(POOLING_CHOICES), {
                 "default": "auto",
                 "tooltip": "Shuffle ControlNets (control_v11e_sd15_shuffle): every residual is averaged over the "
-                           "image and the control acts on the positive prompt only, as the original does. auto: on "
+                           "image and the control acts on the positive prompt only, as the original does. auto: as the "
+                           "config.json beside a diffusers file (diffusion_pytorch_model*.safetensors) says, else on "
                            "when the file name ends in _shuffle or _shuffle_fp16 (the host's rule); on/off force it. "
                            "ControlNets only."}),
             "model": ("MODEL", {

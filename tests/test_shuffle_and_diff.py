@@ -101,6 +101,56 @@ def test_pooling_forced_off_and_on(tmp_path):
     assert forced.config.global_average_pooling is True and forced.cond_only
 
 
+def test_a_diffusers_folder_pools_as_its_config_json_says(tmp_path):
+    """diffusers' own save_pretrained writes the folder (config.json + diffusion_pytorch_model.safetensors);
+    the file's name says nothing, its config's global_pool_conditions decides, in both directions."""
+    from diffusers import ControlNetModel
+
+    reference = pooled_diffusers_controlnet()
+    reference.save_pretrained(tmp_path / "control_v11e_sd15_shuffle")
+    path = tmp_path / "control_v11e_sd15_shuffle" / "diffusion_pytorch_model.safetensors"
+    ours = controlnet_core.load_control(path)
+    assert ours.config.global_average_pooling is True and ours.cond_only
+    assert "by its config.json" in controlnet_core.identify(path).details["global average pooling"]
+    inputs = make_inputs("sd1", batch=2, seed=9)
+    stack = controlnet_core.ControlStack([controlnet_core.ControlEntry(model=ours, image=inputs.hint.permute(0, 2, 3, 1))])
+    residuals = stack.residuals(inputs.x, inputs.timesteps, inputs.context)
+    with torch.no_grad():
+        down, mid = reference(inputs.x, inputs.timesteps, inputs.context, inputs.hint, return_dict=False)
+    for index, (a, b) in enumerate(zip([*residuals.down, residuals.mid], [*down, mid])):
+        assert_matches(a, b.expand(-1, -1, *a.shape[-2:]), f"residual {index}")
+
+    plain = randomize_(ControlNetModel(**SD1.diffusers_kwargs), 22).eval()
+    plain.save_pretrained(tmp_path / "some_controlnet")
+    loaded = controlnet_core.load_control(tmp_path / "some_controlnet" / "diffusion_pytorch_model.safetensors")
+    assert loaded.config.global_average_pooling is False and not loaded.cond_only
+
+
+def test_a_config_json_is_read_only_beside_a_diffusers_file_and_a_broken_one_is_named(tmp_path):
+    import json
+
+    reference = pooled_diffusers_controlnet()
+    # A flat models folder: a config.json of some other model beside an original-layout file is not its config.
+    write_ldm(tmp_path, reference, "control_v11p_sd15_canny.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"global_pool_conditions": True}))
+    flat = controlnet_core.load_control(tmp_path / "control_v11p_sd15_canny.safetensors")
+    assert flat.config.global_average_pooling is False
+    folder = tmp_path / "broken"
+    reference.save_pretrained(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"config.json \(the config beside diffusion_pytorch_model.safetensors\): "
+                                              r"expected readable JSON, found JSONDecodeError"):
+        controlnet_core.load_control(folder / "diffusion_pytorch_model.safetensors")
+    assert controlnet_core.identify(folder / "diffusion_pytorch_model.safetensors").details[
+        "global average pooling"].startswith("unknown: ")  # identifying still works, and says why not
+    (folder / "config.json").write_text(json.dumps({"global_pool_conditions": "yes"}))
+    with pytest.raises(CheckpointError, match="global_pool_conditions expected true or false, found 'yes'"):
+        controlnet_core.load_control(folder / "diffusion_pytorch_model.safetensors")
+    # The loader's explicit choice still wins over the config.
+    forced = controlnet_core.load_control(folder / "diffusion_pytorch_model.safetensors", global_average_pooling=False)
+    assert forced.config.global_average_pooling is False
+
+
 def test_pooled_control_keeps_strength_and_mask_per_pixel(tmp_path):
     """Strength scales the pooled value; a mask multiplies the broadcast value per pixel (the original has
     no masks: the pooled control then acts only where the mask is)."""

@@ -6,8 +6,10 @@ dtype is kept unless the caller asks for a compute dtype.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -76,6 +78,35 @@ def pools_by_name(source: str) -> bool:
     return os.path.splitext(os.path.basename(str(source)))[0].endswith(SHUFFLE_SUFFIXES)
 
 
+def pools_by_diffusers_config(source: str) -> bool | None:
+    """A diffusers model folder (lllyasviel/control_v11e_sd15_shuffle) keeps `global_pool_conditions` in
+    the config.json beside its diffusion_pytorch_model[.fp16].safetensors: that value, or None when the
+    file is not named so or no config beside it says. Other file names never read a config.json (a
+    flat models folder may hold one that belongs to another model)."""
+    path = Path(str(source))
+    if not path.name.startswith("diffusion_pytorch_model") or not (path.parent / "config.json").is_file():
+        return None
+    config_path = path.parent / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise CheckpointError(f"{config_path} (the config beside {path.name}): expected readable JSON, found "
+                              f"{type(error).__name__}: {error}") from error
+    if not isinstance(config, dict) or "global_pool_conditions" not in config:
+        return None
+    value = config["global_pool_conditions"]
+    if not isinstance(value, bool):
+        raise CheckpointError(f"{config_path}: global_pool_conditions expected true or false, found {value!r}")
+    return value
+
+
+def pools_by_source(source: str) -> bool:
+    """Whether a ControlNet file pools (a shuffle ControlNet): its diffusers config.json when it has
+    one, else its file name (the host's rule)."""
+    from_config = pools_by_diffusers_config(source)
+    return pools_by_name(source) if from_config is None else from_config
+
+
 def load_controlnet(source: StateDictSource, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
                     overrides: Mapping[str, object] | None = None,
                     base_unet: Mapping[str, torch.Tensor] | None = None, operations=default_operations,
@@ -89,7 +120,7 @@ def load_controlnet(source: StateDictSource, *, dtype: torch.dtype | None = None
     ControlNets. operations / compute_dtype: layer classes (controlnet_core.ops) and the dtype they
     compute in, when it differs from the storage dtype (the host's casting ops). global_average_pooling:
     average every residual over height and width and control the conditional side only (shuffle
-    ControlNets); None decides by the file name (`pools_by_name`).
+    ControlNets); None decides by the diffusers config.json or the file name (`pools_by_source`).
     """
     name = _source_name(source)
     state_dict = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else source
@@ -101,7 +132,7 @@ def load_controlnet(source: StateDictSource, *, dtype: torch.dtype | None = None
         control = apply_difference(control, base_unet, name)
     config = infer_config({k: tuple(v.shape) for k, v in control.items()}, name, overrides)
     if global_average_pooling is None:
-        global_average_pooling = config.global_average_pooling or pools_by_name(name)
+        global_average_pooling = config.global_average_pooling or pools_by_source(name)
     config = config.replace(global_average_pooling=bool(global_average_pooling))
     model = build_from_state_dict(control, config, source=name, dtype=dtype, device=device, operations=operations,
                                   compute_dtype=compute_dtype)
@@ -154,8 +185,13 @@ def detect(shapes: Mapping[str, tuple[int, ...]], source: str) -> Identity | Non
                "skips": ", ".join(residuals[:-1]), "middle": residuals[-1]}
     if info.diff:
         details["needs"] = "the base model's UNet (its weights are deltas on it)"
-    if pools_by_name(source):
-        details["global average pooling"] = ("on (a shuffle ControlNet, by its file name): control on the positive "
-                                             "side only")
+    try:  # identifying a file must not fail on its config: loading with pooling forced does not read it
+        from_config = pools_by_diffusers_config(source)
+    except CheckpointError as error:
+        details["global average pooling"] = f"unknown: {error}"
+    else:
+        if from_config or (from_config is None and pools_by_name(source)):
+            by = "its config.json" if from_config else "its file name"
+            details["global average pooling"] = f"on (a shuffle ControlNet, by {by}): control on the positive side only"
     return Identity("ControlNet", "diff" if info.diff else config.family, layout, config.family, details=details,
                     needs_base_model=info.diff)
