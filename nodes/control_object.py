@@ -108,7 +108,7 @@ def load_file(path: str, display_name: str, companion: str | None = None, compan
               base_unet: dict[str, torch.Tensor] | None = None) -> LoadedControl:
     """Load (or reuse) the control in `path` (with a ControlNeXt module's UNet weights in `companion`),
     stored and computed as the host would for this device. global_average_pooling: force a shuffle
-    ControlNet's pooling on or off (None: by file name); base_unet: the base model's UNet weights, for
+    ControlNet's pooling on or off (None: by its diffusers config.json or file name); base_unet: the base model's UNet weights, for
     diff ControlNets (a control built from them is not shared through the file cache)."""
     storage_dtype, compute_dtype, operations, load_device = host_operations(None)
     key = (_file_key(path), _file_key(companion), companion_kind, storage_dtype, compute_dtype, global_average_pooling)
@@ -139,13 +139,15 @@ def base_unet_weights(model: Any) -> dict[str, torch.Tensor]:
 
 def from_host_controlnet(control: Any) -> LoadedControl | None:
     """Run a CONTROL_NET from the host's own loader through our core when it is a plain ldm
-    ControlNet or a T2I-Adapter (full, XL or light).
+    ControlNet, a T2I-Adapter (full, XL or light) or a Control-LoRA.
 
     Its weights are read from the host module (shared storage, no copy when the dtype matches), so
     results match the host path; a Union ControlNet too (its type, from the host's SetUnionControlNetType,
     is applied with `host_union_type`); a shuffle ControlNet keeps its pooling (and acts on the positive side
-    only, as the original does). Anything else (Control-LoRA,
-    Stable Cascade, SD3/Flux/HunyuanDiT nets) returns None and the caller keeps the host object."""
+    only, as the original does). A Control-LoRA is read from the host object's file weights, stored as
+    our loader stores it, and built on the sampled model's UNet at each run, as the host builds it.
+    Anything else (Stable Cascade, SD3/Flux/HunyuanDiT nets) returns None and the caller keeps the host
+    object."""
     module, build = None, None
     if type(control) is comfy.controlnet.ControlNet:
         module = getattr(control, "control_model", None)
@@ -169,6 +171,13 @@ def from_host_controlnet(control: Any) -> LoadedControl | None:
             return None  # Stable Cascade controls share the host's T2IAdapter class
         build = lambda: load_t2i_adapter(module.state_dict(), device="cpu")  # noqa: E731
         load_device, label = control.device, "T2I-Adapter from the host's loader"
+    elif type(control) is getattr(comfy.controlnet, "ControlLora", None):
+        weights = control.control_weights  # the file's tensors; the host builds its ControlNet at pre_run
+        storage_dtype, compute_dtype, operations, load_device = host_operations(None)
+        build = lambda: load_control(weights, dtype=storage_dtype, operations=operations,  # noqa: E731
+                                     device=str(comfy.model_management.unet_offload_device()),
+                                     compute_dtype=compute_dtype)
+        module, label = control, "Control-LoRA from the host's loader"  # the cache key: the loader's object
     if module is None:
         return None
     with _CACHE_LOCK:

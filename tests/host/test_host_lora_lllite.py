@@ -3,7 +3,8 @@
 - Control-LoRA (a rank-8 SD1.5 file in Stability's layout): our LoadControlNet + ApplyControlNet and
   the host's ControlNetLoader + ControlNetApplyAdvanced (its ControlLora) give the same KSampler
   latent, on the plain model and on the model with a LoRA applied (LoraLoaderModelOnly): both
-  build the ControlNet from the UNet weights the sampler loaded, LoRA included.
+  build the ControlNet from the UNet weights the sampler loaded, LoRA included. The host loader's
+  Control-LoRA wired into our ApplyControlNet runs through our core (a mask then acts).
 - LLLite (an SD1.5-shaped file in kohya's layout; the released files are SDXL, beyond this CPU test's
   budget): the prompt runs and changes the latent, strength and mask act, and the next prompt
   without it gives the uncontrolled latent bit for bit: the attention patches are gone.
@@ -44,6 +45,26 @@ def test_control_lora_gives_the_hosts_latent_with_and_without_a_lora_on_the_mode
         latents[lora] = ours
     assert relative_difference(latents[True], latents[False]) > 10 * LATENT_TOLERANCE
     assert "control could not be applied" not in server.log()
+
+
+def test_the_hosts_control_lora_in_our_apply_node_runs_our_core(server):
+    """The host's ControlNetLoader output (its ControlLora) wired into our ApplyControlNet is run by our
+    core: the host's latent without a mask, and a mask (which the host's path has none of) acts: a
+    zero mask gives the uncontrolled latent bit for bit."""
+    def host_loaded(prompt: dict, **extra) -> dict:
+        prompt = with_our_apply(prompt, CONTROL_LORA, "depth_image", 0.8, **extra)
+        prompt["our_load"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": CONTROL_LORA}}
+        return prompt
+
+    host = latent_of(server, server.run_prompt(with_host_controls(base_prompt(steps=2),
+                                                                  [(CONTROL_LORA, "depth_image", 0.8)])))
+    ours = latent_of(server, server.run_prompt(host_loaded(base_prompt(steps=2))))
+    plain = latent_of(server, server.run_prompt(base_prompt(steps=2)))
+    assert relative_difference(ours, plain) > 10 * LATENT_TOLERANCE, "the Control-LoRA does not act"
+    assert relative_difference(ours, host) <= LATENT_TOLERANCE, f"{relative_difference(ours, host):.2e}"
+    masked_prompt = host_loaded(base_prompt(steps=2), mask=["no_mask", 0])
+    masked_prompt["no_mask"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 256, "height": 256}}
+    assert torch.equal(latent_of(server, server.run_prompt(masked_prompt)), plain)
 
 
 def test_lllite_runs_with_strength_and_mask_and_its_patches_leave_with_it(server):
