@@ -213,9 +213,15 @@ def cost_curves(args, host_nodes, ours, positive, negative, nets: dict, sampling
             print(f"{size}² batch {batch}, {count} control(s): host {record['host']['cpu_s']:.2f} s, "
                   f"ours {record['ours']['cpu_s']:.2f} s CPU; peak +{record['host']['peak_extra_rss_mib']:.0f} / "
                   f"+{record['ours']['peak_extra_rss_mib']:.0f} MiB", flush=True)
+    return {"threads": torch.get_num_threads(), "calls_per_point": args.curve_calls, "sigma": sigma,
+            "points": points, "fits": curve_fits(points)}
+
+
+def curve_fits(points: list[dict]) -> list[dict]:
+    """A least-squares line per resolution and batch (two or more control counts), host and ours."""
     fits = []
-    for (size, batch), counts in grid.items():
-        series = [p for p in points if p["size"] == size and p["batch"] == batch]
+    for size, batch in dict.fromkeys((p["size"], p["batch"]) for p in points):
+        series = sorted((p for p in points if p["size"] == size and p["batch"] == batch), key=lambda p: p["controls"])
         if len(series) < 2:
             continue
         fit = {"size": size, "batch": batch, "controls": [p["controls"] for p in series]}
@@ -223,8 +229,7 @@ def cost_curves(args, host_nodes, ours, positive, negative, nets: dict, sampling
             fit[name] = linear_fit([(p["controls"], p[name]["cpu_s"]) for p in series])
         fit["slope_ratio_ours_over_host"] = fit["ours"]["slope_s"] / fit["host"]["slope_s"]
         fits.append(fit)
-    return {"threads": torch.get_num_threads(), "calls_per_point": args.curve_calls, "sigma": sigma,
-            "points": points, "fits": fits}
+    return fits
 
 
 def print_curves(curves: dict) -> None:

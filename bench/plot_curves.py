@@ -1,7 +1,11 @@
 """Plot the cost curves of bench_host.py --curves (needs matplotlib: `pip install -e .[bench]` or
 `pip install matplotlib`; the pack itself does not).
 
-    .venv/bin/python bench/plot_curves.py [bench/out/bench_host_curves.json] [--png bench/cost_curves.png]
+    .venv/bin/python bench/plot_curves.py [bench/out/bench_host_curves.json ...] [--png bench/cost_curves.png]
+
+Several reports (a grid run in parts, e.g. with bench_host.py --grid) are merged point by point, a
+later file's point replacing an earlier one at the same resolution, batch and control count; the
+merged tables and fitted lines are printed (bench_host.py's own format) and the plot drawn from them.
 
 Left: ControlNet overhead per step (CPU time) against the number of controls, one line per
 resolution and batch, the host's chained apply nodes dashed, ours solid, both axes logarithmic
@@ -13,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from bench_host import curve_fits, print_curves  # same folder; importing it imports no host
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,11 +64,32 @@ def plot(curves: dict, png: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("json", nargs="?", type=Path, default=REPO_ROOT / "bench" / "out" / "bench_host_curves.json")
+    parser.add_argument("json", nargs="*", type=Path, default=[REPO_ROOT / "bench" / "out" / "bench_host_curves.json"])
     parser.add_argument("--png", type=Path, default=REPO_ROOT / "bench" / "cost_curves.png")
+    parser.add_argument("--merged", type=Path, default=None, help="also write the merged report here")
     args = parser.parse_args()
-    plot(json.loads(args.json.read_text()), args.png)
+    curves = merge([json.loads(path.read_text()) for path in args.json])
+    print_curves(curves)
+    if args.merged is not None:
+        args.merged.write_text(json.dumps(curves, indent=1))
+    plot(curves, args.png)
     print(f"written to {args.png}")
+
+
+def merge(reports: list[dict]) -> dict:
+    """One report from several: points keyed by (size, batch, controls), later reports winning;
+    fits recomputed. Reports taken with different thread counts or hosts are refused."""
+    for key in ("threads", "host_version"):
+        values = {report.get(key) for report in reports}
+        if len(values) > 1:
+            raise SystemExit(f"reports differ in {key}: {sorted(map(str, values))}; merge runs made alike")
+    points: dict[tuple, dict] = {}
+    for report in reports:
+        for point in report["points"]:
+            points[(point["size"], point["batch"], point["controls"])] = point
+    merged = {**reports[-1], "points": [points[key] for key in sorted(points)]}
+    merged["fits"] = curve_fits(merged["points"])
+    return merged
 
 
 if __name__ == "__main__":
