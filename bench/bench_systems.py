@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--loads", type=int, default=3, help="timed loads per file")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "bench_systems.json")
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error(f"--steps: expected at least 2 (calls after the first are timed apart from it), found {args.steps}")
 
     files = host_env.host_for_bench()
     import torch
