@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternations of the five-control comparison")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "bench_reliability.json")
     args = parser.parse_args()
+    if args.prompts < 6:  # memory settles after prompt 4; growth compares two halves of the readings after it
+        parser.error(f"--prompts: expected at least 6, found {args.prompts}")
     files = host_env.host_for_bench(model_folders=False)  # the server gets its own folders
     comfy = host_env.comfyui_path()
     import numpy as np
