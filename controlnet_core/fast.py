@@ -213,6 +213,7 @@ def reused_additions(policy: ReusePolicy, states: list, step: int, call: UNetCal
         if state.reusable_at(policy, t, step):
             return state.additions
         states.remove(state)
+        del state  # its additions are freed before the new ones are computed: one set in memory, not two
     additions = compute()
     states.insert(0, _Reusable(_latent_key(call), frames.clone(), call.context, call.y, key, t, t, step, step,
                                additions))
