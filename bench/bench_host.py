@@ -37,7 +37,7 @@ point lies from it; the slope of ours is compared with the host's. Intra-op thre
 (default 1: CPU time is then the compute and hardly moves with the load of a shared box).
 The default grid keeps the run near 15 minutes of CPU time: every control count at 256² (batch 1
 and 4) and 512² (batch 1), 1 and 2 controls at 768², 1 control at 512² and 768² batch 4;
---full-grid runs every combination (about an hour on one thread).
+--full-grid runs every combination (about an hour and a half on one thread).
 """
 from __future__ import annotations
 
