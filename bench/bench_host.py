@@ -312,7 +312,7 @@ def main() -> None:
         curves = cost_curves(args, host_nodes, ours, positive, negative, nets, model.model.model_sampling, model.model)
         curves["device"] = str(comfy.model_management.get_torch_device())
         curves["host_version"] = getattr(__import__("comfyui_version"), "__version__", "?") \
-            if (comfy_path / "comfyui_version.py").exists() else "?"
+            if (host_env.comfyui_path() / "comfyui_version.py").exists() else "?"
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(curves, indent=1))
         print_curves(curves)
