@@ -167,3 +167,33 @@ def test_models_are_handed_to_the_memory_manager(host, images):
     assert len(models) == 1 and isinstance(models[0], comfy.model_patcher.ModelPatcher)
     assert models[0].model.control_model is our_net.source.model
     assert next(models[0].model.parameters()).dtype == torch.float32  # what the host picks for the CPU
+
+
+def test_fast_mode_reuses_every_other_step_of_the_hosts_calls(host, images):
+    """speed_mode "fast: reuse 2 steps" in the host's control protocol: four steps (sigmas falling, new
+    latents each step) give the host's residuals of steps 0, 0, 2, 2."""
+    sampling = host.base_model.model_sampling
+    sigmas = [float(sampling.percent_to_sigma(p)) for p in (0.0, 0.25, 0.5, 0.75)]
+    our_net, = host.ours.LoadControlNet().load(host.weights["pose"].name)
+    ours, _ = host.ours.ApplyControlNet().apply(conditioning(), conditioning(), our_net, images["pose"], POSE_STRENGTH,
+                                                0.0, 1.0, speed_mode="fast: reuse 2 steps")
+    theirs, _ = host.nodes.ControlNetApplyAdvanced().apply_controlnet(
+        conditioning(), conditioning(), host.host_nets["pose"], images["pose"], POSE_STRENGTH, 0.0, 1.0)
+    controls = [positive[0][1]["control"] for positive in (ours, theirs)]
+    for control in controls:
+        control.pre_run(host.base_model, lambda percent: sampling.percent_to_sigma(percent))
+    x, context = control_inputs(3)
+    results = []
+    try:
+        with torch.inference_mode():
+            for step, sigma in enumerate(sigmas):
+                call = (x + step, torch.full((x.shape[0],), sigma), {"c_crossattn": context}, 2,
+                        {"cond_or_uncond": [0, 1]})
+                results.append([control.get_control(*call) for control in controls])
+    finally:
+        for control in controls:
+            control.cleanup()
+    host_step_0, host_step_1 = results[0][1]["middle"][0], results[1][1]["middle"][0]
+    assert (host_step_1 - host_step_0).abs().max() > 1e-2 * host_step_0.abs().max()  # the steps differ
+    for step, computed_at in ((0, 0), (1, 0), (2, 2), (3, 2)):
+        assert_residuals_match(results[step][0], results[computed_at][1])
