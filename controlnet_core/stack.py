@@ -356,9 +356,9 @@ def fusion_groups(entries: Sequence[ControlEntry],
                   states: Mapping[int, KeyframeState] | None = None) -> list[list[ControlEntry]]:
     """The entries in stack order, those that run in one forward gathered into one group (at the
     place of the first): same `fusion_key` of their models (e.g. one Union network), the same
-    per-slot weights and uncond scale, which then act on the shared result, and the same speed mode. Others are alone, and
-    so is an entry whose keyframe state at this call (`states`, by id) is not neutral or whose
-    control is sparse (its rows are its own)."""
+    per-slot weights and uncond scale, which then act on the shared result, and the same speed
+    mode. Others are alone, and so is an entry whose keyframe state at this call (`states`, by id)
+    is not neutral or whose control is sparse (its rows are its own)."""
     groups: list[list[ControlEntry]] = []
     by_key: dict[Any, list[ControlEntry]] = {}
     for entry in entries:
