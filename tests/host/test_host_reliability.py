@@ -61,10 +61,12 @@ def test_many_prompts_keep_memory_flat(server):
         assert result["ok"], f"prompt {index}: {result['error']}"
         readings.append(rss_mib(server))
     print("resident MiB after each prompt:", [round(r) for r in readings])
-    final = readings[-1]
     early, late = max(readings[:6]), max(readings[6:])
-    assert abs(final - settled) <= MEMORY_DRIFT * settled, f"resident memory {settled:.0f} MiB -> {final:.0f} MiB"
     assert late <= (1 + MEMORY_DRIFT) * max(early, settled), f"highest mark grew: {early:.0f} MiB -> {late:.0f} MiB"
+    # A leak lifts the floor as well: the lowest reading of each half, never one reading against another
+    # (the last reading can sit a model's size above the first, as seen on 0.3.64: 5465 -> 6179 MiB).
+    floor_early, floor_late = min(readings[:6]), min(readings[6:])
+    assert floor_late <= (1 + MEMORY_DRIFT) * floor_early, f"lowest mark grew: {floor_early:.0f} -> {floor_late:.0f} MiB"
 
 
 def sampled(server, seen: int) -> bool:
