@@ -57,12 +57,14 @@ import host_env  # noqa: E402
 
 
 class PeakRss:
-    """Peak resident memory above the starting level, sampled every 5 ms in a thread."""
+    """Peak resident memory of a process (default this one; `pid` for another, such as a server),
+    sampled every `interval` seconds in a thread; `extra_mib` is the peak above the starting level."""
 
-    def __init__(self) -> None:
+    def __init__(self, pid: int | None = None, interval: float = 0.005) -> None:
         import psutil
 
-        self.process = psutil.Process()
+        self.process = psutil.Process(pid)
+        self.interval = interval
         self.start = self.peak = self.process.memory_info().rss
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -70,7 +72,7 @@ class PeakRss:
     def _sample(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.005)
+            time.sleep(self.interval)
 
     def __enter__(self) -> "PeakRss":
         self._thread.start()

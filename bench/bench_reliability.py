@@ -33,31 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "host"))
 
 import host_env  # noqa: E402
-
-
-class ServerPeak:
-    """Peak resident memory of the server process while a block runs (sampled every 20 ms)."""
-
-    def __init__(self, pid: int) -> None:
-        import psutil
-
-        self.process = psutil.Process(pid)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.02)
-
-    def __enter__(self) -> "ServerPeak":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+from bench_host import PeakRss  # noqa: E402  (same folder)
 
 
 def five_controls(test_host_server, ours: bool) -> dict:
@@ -116,7 +92,7 @@ def main() -> None:
         ran = interrupted = 0
         settled = None
         readings: list[float] = []
-        with ServerPeak(server.process.pid) as peak:
+        with PeakRss(server.process.pid, interval=0.02) as peak:
             for index in range(args.prompts):
                 prompt = reliability.varied_prompt(index)
                 if args.interrupt_every and index % args.interrupt_every == args.interrupt_every - 1:
@@ -173,7 +149,7 @@ def main() -> None:
                 # No /free here: the host applies it after the next prompt, which would then time a
                 # checkpoint load. Alternating prompts already re-run each side's loaders and sampler.
                 before = rss()
-                with ServerPeak(server.process.pid) as peak:
+                with PeakRss(server.process.pid, interval=0.02) as peak:
                     started = time.perf_counter()
                     result = server.run_prompt(five_controls(test_host_server, name == "ours"))
                     seconds[name].append(time.perf_counter() - started)
